@@ -1,0 +1,1 @@
+"""GE converters for torchair: one module per GE operator."""
