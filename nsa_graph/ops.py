@@ -126,11 +126,11 @@ def _nsa_compress_grad_fake(grad, input, weight, compress_block_size, compress_s
 # --- autograd -------------------------------------------------------------------------------------
 
 
-def _setup_context(ctx, inputs, output):
-    input, weight, l, d = inputs[:4]
+def _setup_context(ctx, inputs, keyword_only_inputs, output):
+    input, weight, l, d = inputs
     ctx.save_for_backward(input, weight)  # never the windows, never the output
     ctx.block, ctx.stride = l, d
-    ctx.actual_seq_len = inputs[4] if len(inputs) > 4 else None
+    ctx.actual_seq_len = keyword_only_inputs.get("actual_seq_len")
 
 
 def _backward(ctx, grad):
