@@ -34,6 +34,14 @@ def _require(cond: Union[bool, torch.SymBool], message: Callable[[], str]) -> No
     torch._check_with(NsaCompressError, cond, message)
 
 
+def _show(value: object) -> str:
+    """A value for an error message; a symbolic size shows its current value and its symbol."""
+    if isinstance(value, torch.SymInt):
+        expr, hint = value.node.expr, getattr(value.node, "hint", None)
+        return f"{hint} ({expr})" if hint is not None else str(expr)
+    return str(value)
+
+
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
@@ -79,10 +87,10 @@ def check_compress_args(
         _require(size > 0, lambda name=name, size=size: (
             f"{op}: input is empty (shape {tuple(input.shape)}); {name} must be > 0"))
     _require(weight.shape[0] == compress_block_size, lambda: (
-        f"{op}: weight.shape[0]={weight.shape[0]} must equal compress_block_size={compress_block_size} "
+        f"{op}: weight.shape[0]={_show(weight.shape[0])} must equal compress_block_size={compress_block_size} "
         f"(weight is [compress_block_size, N])"))
     _require(weight.shape[1] == N, lambda: (
-        f"{op}: weight.shape[1]={weight.shape[1]} must equal the number of heads N=input.shape[1]={N}"))
+        f"{op}: weight.shape[1]={_show(weight.shape[1])} must equal the number of heads N=input.shape[1]={_show(N)}"))
     if actual_seq_len is not None:
         check_actual_seq_len(actual_seq_len, T, op=op)
 
@@ -103,14 +111,14 @@ def check_actual_seq_len(actual_seq_len: Sequence[IntLike], T: IntLike, *, op: s
         if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):
             raise NsaCompressError(f"{op}: actual_seq_len[{i}]={value!r} must be an int")
         if i == 0:
-            _require(value >= 0, lambda: f"{op}: actual_seq_len[0]={value} must be >= 0")
+            _require(value >= 0, lambda: f"{op}: actual_seq_len[0]={_show(value)} must be >= 0")
         else:
             _require(value >= prev, lambda i=i, value=value, prev=prev: (
                 f"{op}: actual_seq_len must be non-decreasing (prefix sums), but "
-                f"actual_seq_len[{i}]={value} < actual_seq_len[{i - 1}]={prev}"))
+                f"actual_seq_len[{i}]={_show(value)} < actual_seq_len[{i - 1}]={_show(prev)}"))
         prev = value
     _require(prev == T, lambda: (
-        f"{op}: actual_seq_len[-1]={prev} must equal T=input.shape[0]={T} "
+        f"{op}: actual_seq_len[-1]={_show(prev)} must equal T=input.shape[0]={_show(T)} "
         "(the last prefix sum is the total token count)"))
 
 

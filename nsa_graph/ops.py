@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 
 from . import kernels
-from .contract import NsaCompressError, check_compress_args, npu_unsupported_reason, output_rows
+from .contract import NsaCompressError, _show, check_compress_args, npu_unsupported_reason, output_rows
 
 _FORWARD_SCHEMA = (
     "(Tensor input, Tensor weight, int compress_block_size, int compress_stride, "
@@ -46,7 +46,7 @@ def _check_grad(grad: torch.Tensor, input: torch.Tensor, l: int, d: int, seq) ->
         raise NsaCompressError(f"nsa_compress_grad: grad must be 3-D [W, N, D], got shape {tuple(grad.shape)}")
     for axis, (got, want) in enumerate(zip(grad.shape, expected)):
         torch._check_with(NsaCompressError, got == want, lambda axis=axis, got=got, want=want: (
-            f"nsa_compress_grad: grad.shape[{axis}]={got} must be {want} "
+            f"nsa_compress_grad: grad.shape[{axis}]={_show(got)} must be {_show(want)} "
             f"(grad has the forward output's shape {tuple(expected)})"))
 
 
@@ -176,7 +176,9 @@ def nsa_compress(
     Raises:
         NsaCompressError: (a ``ValueError``) naming the argument, its value and the rule it breaks.
     """
-    check_compress_args(input, weight, compress_block_size, compress_stride, actual_seq_len)
+    if not torch.compiler.is_compiling():
+        # friendlier than the dispatcher's schema errors; under torch.compile the fake impl checks instead
+        check_compress_args(input, weight, compress_block_size, compress_stride, actual_seq_len)
     if actual_seq_len is not None:
         actual_seq_len = list(actual_seq_len)
     return torch.ops.nsa_graph.nsa_compress(
@@ -194,7 +196,8 @@ def nsa_compress_grad(
     actual_seq_len: Optional[Sequence[int]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(grad_input, grad_weight)`` of :func:`nsa_compress` (``torch_npu.npu_nsa_compress_grad``)."""
-    check_compress_args(input, weight, compress_block_size, compress_stride, actual_seq_len, op="nsa_compress_grad")
+    if not torch.compiler.is_compiling():
+        check_compress_args(input, weight, compress_block_size, compress_stride, actual_seq_len, op="nsa_compress_grad")
     if actual_seq_len is not None:
         actual_seq_len = list(actual_seq_len)
     return torch.ops.nsa_graph.nsa_compress_grad(
