@@ -1,0 +1,161 @@
+"""Window sources: nodes whose value is the tensor of windows ``x[.., s + i*stride + j, ..]``, and the
+layout ops that carry such a tensor to its reduction.
+
+A source returns a :class:`WindowView` whose dims are labelled (see :mod:`.candidate`); ``None`` means
+"not a window source at all", :class:`NotFused` means "a window source that cannot be fused, because ...".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Callable, Optional
+
+import torch
+import torch.fx as fx
+
+from .candidate import OFFSET, UNIT, WINDOW, NotFused, WindowSource, WindowView, x_label
+from .nodes import bind, cast_dtype, fake_tensor, is_one, normalize_dim, op_name, same_size, static_int, varargs
+
+
+def _labels_of_x(ndim: int) -> list[str]:
+    return [x_label(k) for k in range(ndim)]
+
+
+def unfold_windows(node: fx.Node) -> Optional[tuple[WindowSource, WindowView]]:
+    """``x.unfold(seq_dim, l, d)``: windows along any dim of any layout, the window axis appended last.
+
+    Matches, e.g.::
+
+        u = k.unfold(1, 32, 16)            # BSND -> [B, W, N, D, 32]
+        u = k.unfold(0, 32, 16)            # TND, one sequence
+        u = k.transpose(1, 2).unfold(2, l, d)   # BNSD
+        u = h.view(B, S, N, D).unfold(1, l, d)  # [B, S, H] viewed as heads
+    """
+    if op_name(node) != "unfold":
+        return None
+    args = bind(node, ("self", "dimension", "size", "step"), {})
+    if args is None or not isinstance(args["self"], fx.Node):
+        return None
+    x = fake_tensor(args["self"])
+    if x is None:
+        return None
+    seq_dim = normalize_dim(static_int(args["dimension"]), max(x.dim(), 1))
+    block, stride = static_int(args["size"]), static_int(args["step"])
+    spelling = f"unfold({args['dimension']}, {args['size']}, {args['step']})"
+    if seq_dim is None or block is None or stride is None:
+        raise NotFused(f"{spelling}: dim, window size and step must be static ints")
+    if x.dim() < 1:
+        raise NotFused(f"{spelling}: a 0-d tensor has no sequence dim")
+    labels = _labels_of_x(x.dim())
+    labels[seq_dim] = WINDOW
+    source = WindowSource(node, args["self"], seq_dim, block, stride, spelling)
+    return source, WindowView(node, tuple(labels) + (OFFSET,), nodes=[node])
+
+
+def block_view_windows(node: fx.Node) -> Optional[tuple[WindowSource, WindowView]]:
+    """Non-overlapping blocks (block == stride): one dim split in two by ``view``/``reshape``.
+
+    Matches, e.g.::
+
+        kb = k.view(B, S // 64, 64, N, D)                    # then .mean(2) or (kb * w).sum(2)
+        kb = k[:, : S // 64 * 64].reshape(B, -1, 64, N, D)   # a truncating slice first: x is the slice
+        kb = einops.rearrange(k, 'b (w n) h d -> b w n h d', n=64)
+
+    Every other dim must map one-to-one, and the split dim must be exactly (blocks x block): a padded
+    or partial tail block never reaches here.
+    """
+    if op_name(node) not in ("view", "reshape"):
+        return None
+    source_node = node.args[0] if node.args else None
+    if not isinstance(source_node, fx.Node):
+        return None
+    x, out = fake_tensor(source_node), fake_tensor(node)
+    if x is None or out is None or out.dim() != x.dim() + 1:
+        return None
+    for seq_dim in range(x.dim()):
+        block = static_int(out.shape[seq_dim + 1])
+        if block is None or block < 2:
+            continue
+        if not all(same_size(out.shape[k], x.shape[k]) for k in range(seq_dim)):
+            continue
+        if not all(same_size(out.shape[k + 1], x.shape[k]) for k in range(seq_dim + 1, x.dim())):
+            continue
+        if not same_size(out.shape[seq_dim] * block, x.shape[seq_dim]):
+            continue
+        labels = _labels_of_x(x.dim())
+        labels[seq_dim] = WINDOW
+        labels.insert(seq_dim + 1, OFFSET)
+        spelling = f"{node.target if node.op == 'call_method' else 'reshape'} into blocks of {block}"
+        source = WindowSource(node, source_node, seq_dim, block, block, spelling)
+        return source, WindowView(node, tuple(labels), nodes=[node])
+    return None
+
+
+WINDOW_SOURCES: tuple[Callable[[fx.Node], Optional[tuple[WindowSource, WindowView]]], ...] = (
+    unfold_windows,
+    block_view_windows,
+)
+
+
+# --- layout ops between the source and the reduction ------------------------------------------------
+
+def _permutation(node: fx.Node, ndim: int) -> Optional[list[int]]:
+    """Which input dim each output dim of a permute/transpose/movedim comes from (static dims only)."""
+    name = op_name(node)
+    dims = varargs(node)
+    if any(static_int(d) is None and not isinstance(d, (list, tuple)) for d in dims):
+        return None
+    probe = torch.empty(tuple(range(2, ndim + 2)), device="meta")  # distinct sizes identify the dims
+    try:
+        if name == "permute":
+            moved = probe.permute(*dims)
+        elif name == "transpose":
+            moved = probe.transpose(*dims)
+        elif name == "movedim":
+            moved = probe.movedim(*dims)
+        else:
+            return None
+    except (RuntimeError, TypeError, IndexError):
+        return None
+    return [size - 2 for size in moved.shape]
+
+
+def follow_layout(view: WindowView, user: fx.Node) -> Optional[WindowView]:
+    """The windows after a layout op (permute, transpose, movedim, unsqueeze, contiguous, a float cast)."""
+    if not user.args or user.args[0] is not view.node:
+        return None
+    if any(arg is view.node for arg in list(user.args[1:]) + list(user.kwargs.values())):
+        return None
+    name, ndim = op_name(user), len(view.labels)
+    labels: Optional[list[str]] = None
+    cast = view.cast
+    if name in ("permute", "transpose", "movedim"):
+        perm = _permutation(user, ndim)
+        labels = None if perm is None else [view.labels[p] for p in perm]
+    elif name == "unsqueeze":
+        dim = normalize_dim(static_int(varargs(user)[0]) if varargs(user) else None, ndim + 1)
+        labels = None if dim is None else list(view.labels[:dim]) + [UNIT] + list(view.labels[dim:])
+    elif name in ("contiguous", "clone") and len(user.args) == 1 and not user.kwargs:
+        labels = list(view.labels)
+    else:
+        dtype = cast_dtype(user)
+        if dtype is not None and dtype.is_floating_point and cast is None:
+            labels, cast = list(view.labels), user
+    if labels is None:
+        return None
+    out = fake_tensor(user)
+    if out is None or out.dim() != len(labels):
+        return None
+    return WindowView(user, tuple(labels), cast=cast, nodes=view.nodes + [user])
+
+
+def layouts(view: WindowView) -> Iterator[WindowView]:
+    """The view itself and every layout of it reachable through layout ops, breadth first."""
+    pending = [view]
+    while pending:
+        current = pending.pop(0)
+        yield current
+        for user in current.node.users:
+            nxt = follow_layout(current, user)
+            if nxt is not None:
+                pending.append(nxt)
