@@ -85,15 +85,16 @@ def compress_forward(
     rows = sum(count for _, _, count in runs)
     out = torch.zeros((rows, N, D), dtype=acc, device=input.device)
     if rows:
-        x = input.to(acc)
         w = weight.to(acc).unsqueeze(-1)  # [l, N, 1]: broadcast over D
         tile = _tile_windows(N * D * out.element_size())
         for first_token, first_row, count in runs:
             for t0, r0, n in _tiles(first_token, first_row, count, d, tile):
-                dst = out[r0 : r0 + n]
                 span = (n - 1) * d + 1
+                # upcast one tile at a time: the fp32 copy stays in cache instead of doubling the input
+                x = input[t0 : t0 + span + l - 1].to(acc)
+                dst = out[r0 : r0 + n]
                 for j in range(l):
-                    dst.addcmul_(x[t0 + j : t0 + j + span : d], w[j])
+                    dst.addcmul_(x[j : j + span : d], w[j])
     if acc == input.dtype:
         return out
     return round_half_away_from_zero(out, input.dtype)
@@ -115,17 +116,19 @@ def compress_backward(
     grad_weight = torch.zeros((l, N), dtype=acc, device=input.device)
     runs = list(_window_runs(T, l, d, actual_seq_len))
     if runs:
-        g = grad.to(acc)
-        x = input.to(acc)
         w = weight.to(acc).unsqueeze(-1)
         tile = _tile_windows(N * D * grad_input.element_size())
+        product = torch.empty((tile, N, D), dtype=acc, device=input.device)
         for first_token, first_row, count in runs:
             for t0, r0, n in _tiles(first_token, first_row, count, d, tile):
-                g_tile = g[r0 : r0 + n]
                 span = (n - 1) * d + 1
+                g = grad[r0 : r0 + n].to(acc)
+                x = input[t0 : t0 + span + l - 1].to(acc)
+                dst = grad_input[t0 : t0 + span + l - 1]
+                p = product[:n]
                 for j in range(l):
-                    rows = slice(t0 + j, t0 + j + span, d)
-                    grad_input[rows].addcmul_(g_tile, w[j])
-                    # Σ over windows and D of g * x, per head
-                    grad_weight[j] += torch.einsum("wnd,wnd->n", g_tile, x[rows])
+                    dst[j : j + span : d].addcmul_(g, w[j])
+                    # grad_weight[j, n] = Σ over windows and D of g * x (per head)
+                    torch.mul(g, x[j : j + span : d], out=p)
+                    grad_weight[j] += p.sum((0, 2))
     return grad_input.to(input.dtype), grad_weight.to(weight.dtype)
