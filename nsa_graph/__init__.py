@@ -32,14 +32,3 @@ def _register_torchair_converters() -> None:
 
 
 _register_torchair_converters()
-
-# the compile-time API is imported on first use: importing the op never imports the fusion pass
-_LAZY = {"backend": "backends", "install_inductor_pass": "backends", "explain": "explain"}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
