@@ -1,0 +1,73 @@
+"""Pieces shared by the NsaCompress converters: the ``actSeqLenOptional`` input and torch_npu op lookup."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from torchair._ge_concrete_graph import ge_apis as ge
+from torchair.ge import Const, DataType, Tensor
+from torchair.ge import attr
+
+LAYOUT = "TND"  # the only layout torch_npu passes (and the kernel accepts)
+ACT_SEQ_LEN_TYPE = 0  # prefix sums; the only value the forward and grad kernels accept
+
+
+def seq_len_input(input: Tensor, actual_seq_len: Union[None, Sequence[int], Tensor]) -> Tensor:
+    """The int64 ``actSeqLenOptional`` tensor for ``actual_seq_len`` as torchair passes it to a converter.
+
+    - a list of ints: a host ``Const`` (GE's InferShape reads its value, so the output shape stays static);
+    - a ``ge.Tensor``: the ``Pack`` torchair builds when the list holds SymInts, used as-is (int64);
+    - ``None`` (one sequence of length T): ``Const([T])``, or ``Gather(Shape(input), [0])`` when T is dynamic.
+    The kernel always reads this input (it has no "absent" path), so it is always fed.
+    """
+    if isinstance(actual_seq_len, Tensor):
+        return actual_seq_len if actual_seq_len.dtype == DataType.DT_INT64 else ge.Cast(
+            actual_seq_len, dst_type=DataType.DT_INT64)
+    if actual_seq_len is not None:
+        values = list(actual_seq_len)
+        if not all(isinstance(v, int) for v in values):
+            raise TypeError(f"actual_seq_len={values!r}: expected ints or a packed ge.Tensor")
+        return Const(values, dtype=DataType.DT_INT64)
+    tokens = _static_dim0(input)
+    if tokens is not None:
+        return Const([tokens], dtype=DataType.DT_INT64)
+    shape = ge.Shape(input, dtype=DataType.DT_INT64)
+    return ge.Gather(shape, Const([0], dtype=DataType.DT_INT64))
+
+
+def _static_dim0(input: Tensor) -> Optional[int]:
+    sizes = input.symsize
+    if sizes is not None:
+        t = sizes[0]
+        return t if isinstance(t, int) else t.node.maybe_as_int()  # a SymInt may still be a constant
+    dims = list(input.desc.shape.dim)  # a GE tensor built by hand: -1 marks a dynamic dim
+    return dims[0] if dims and dims[0] >= 0 else None
+
+
+def compress_attrs(block: int, stride: int) -> dict[str, Any]:
+    return {
+        "compressBlockSize": attr.Int(block),
+        "compressStride": attr.Int(stride),
+        "actSeqLenType": attr.Int(ACT_SEQ_LEN_TYPE),
+        "layoutOptional": attr.Str(LAYOUT),
+    }
+
+
+def torch_npu_op(name: str) -> Optional[torch._ops.OpOverload]:
+    """``torch.ops.npu.<name>.default`` if torch_npu (or anything else) defined it, else None."""
+    try:
+        return getattr(torch.ops.npu, name).default
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def has_fake_impl(op: torch._ops.OpOverload) -> bool:
+    """Whether tracing ``op`` with FakeTensors already works (a Meta kernel or a registered fake impl)."""
+    name = op._schema.name
+    if torch._C._dispatch_has_kernel_for_dispatch_key(name, "Meta"):
+        return True
+    if torch._C._dispatch_has_kernel_for_dispatch_key(name, "CompositeImplicitAutograd"):
+        return True
+    entry = torch._library.simple_registry.singleton.find(name)
+    return entry.fake_impl.kernel is not None
