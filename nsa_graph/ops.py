@@ -145,6 +145,40 @@ def _backward(ctx, grad):
 _nsa_compress.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _setup_grad_context(ctx, inputs, keyword_only_inputs, output):
+    grad, input, weight, l, d = inputs
+    ctx.save_for_backward(grad, input, weight)
+    ctx.block, ctx.stride = l, d
+    ctx.actual_seq_len = keyword_only_inputs.get("actual_seq_len")
+
+
+def _grad_backward(ctx, grad_grad_input, grad_grad_weight):
+    """Double backward. The gradient is bilinear, so its derivatives are the two ops again:
+
+    grad_input  = G_x(grad, weight)   ->  d/dgrad = nsa_compress(ggi, weight),  d/dweight = G_w(grad, ggi)
+    grad_weight = G_w(grad, input)    ->  d/dgrad = nsa_compress(input, ggw),   d/dinput  = G_x(grad, ggw)
+    """
+    grad, input, weight = ctx.saved_tensors
+    l, d, seq = ctx.block, ctx.stride, ctx.actual_seq_len
+    need_grad, need_input, need_weight = ctx.needs_input_grad[:3]
+    d_grad = d_input = d_weight = None
+    if grad_grad_input is not None:
+        if need_grad:
+            d_grad = torch.ops.nsa_graph.nsa_compress(grad_grad_input, weight, l, d, actual_seq_len=seq)
+        if need_weight:
+            d_weight = torch.ops.nsa_graph.nsa_compress_grad(grad, grad_grad_input, weight, l, d, actual_seq_len=seq)[1]
+    if grad_grad_weight is not None:
+        if need_grad:
+            extra = torch.ops.nsa_graph.nsa_compress(input, grad_grad_weight, l, d, actual_seq_len=seq)
+            d_grad = extra if d_grad is None else d_grad + extra
+        if need_input:
+            d_input = torch.ops.nsa_graph.nsa_compress_grad(grad, input, grad_grad_weight, l, d, actual_seq_len=seq)[0]
+    return d_grad, d_input, d_weight, None, None
+
+
+_nsa_compress_grad.register_autograd(_grad_backward, setup_context=_setup_grad_context)
+
+
 # --- public API -------------------------------------------------------------------------------------
 
 

@@ -63,6 +63,14 @@ def test_gradcheck_float64(seq):
     assert torch.autograd.gradcheck(lambda a, b: nsa_graph.nsa_compress(a, b, 24, 8, actual_seq_len=seq), (x, w))
 
 
+@pytest.mark.parametrize("seq", [None, [30, 30, 75, 120]])
+def test_gradgradcheck_float64(seq):
+    # the gradient op has its own autograd (double backward through the two ops)
+    x = torch.randn(120, 2, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(24, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda a, b: nsa_graph.nsa_compress(a, b, 24, 8, actual_seq_len=seq), (x, w))
+
+
 def test_needs_input_grad_is_honoured():
     x = torch.randn(64, 2, 4, dtype=torch.float64, requires_grad=True)
     w = torch.randn(16, 2, dtype=torch.float64)  # frozen weight
