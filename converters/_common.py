@@ -7,6 +7,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torchair._ge_concrete_graph import ge_apis as ge
 from torchair.ge import Const, DataType, Tensor
+from torchair._ge_concrete_graph import ge_ir_pb2
 from torchair.ge import attr
 
 LAYOUT = "TND"  # the only layout torch_npu passes (and the kernel accepts)
@@ -22,8 +23,9 @@ def seq_len_input(input: Tensor, actual_seq_len: Union[None, Sequence[int], Tens
     The kernel always reads this input (it has no "absent" path), so it is always fed.
     """
     if isinstance(actual_seq_len, Tensor):
-        return actual_seq_len if actual_seq_len.dtype == DataType.DT_INT64 else ge.Cast(
-            actual_seq_len, dst_type=DataType.DT_INT64)
+        if _is_int64(actual_seq_len):
+            return actual_seq_len
+        return ge.Cast(actual_seq_len, dst_type=DataType.DT_INT64)
     if actual_seq_len is not None:
         values = list(actual_seq_len)
         if not all(isinstance(v, int) for v in values):
@@ -36,6 +38,11 @@ def seq_len_input(input: Tensor, actual_seq_len: Union[None, Sequence[int], Tens
     return ge.Gather(shape, Const([0], dtype=DataType.DT_INT64))
 
 
+def _is_int64(tensor: Tensor) -> bool:
+    # torchair sets .dtype from the FX meta; a tensor built directly carries it only in its descriptor
+    return tensor.dtype == DataType.DT_INT64 or tensor.desc.dtype == ge_ir_pb2.DataType.Value("DT_INT64")
+
+
 def _static_dim0(input: Tensor) -> Optional[int]:
     sizes = input.symsize
     if sizes is not None:
@@ -46,6 +53,7 @@ def _static_dim0(input: Tensor) -> Optional[int]:
 
 
 def compress_attrs(block: int, stride: int) -> dict[str, Any]:
+    """The attributes NsaCompress and NsaCompressGrad share (GE matches attributes by name)."""
     return {
         "compressBlockSize": attr.Int(block),
         "compressStride": attr.Int(stride),

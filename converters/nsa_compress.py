@@ -30,12 +30,10 @@ SUPPORTED = [
 
 def nsa_compress_node(input: Tensor, weight: Tensor, block: int, stride: int, seq: Tensor) -> Tensor:
     """One ``NsaCompress`` node, inputs and attributes in the IR's order."""
-    attrs = compress_attrs(block, stride)
     return custom_op(
         "NsaCompress",
         inputs={"input": input, "weight": weight, "actSeqLenOptional": seq},
-        attrs={name: attrs[name] for name in ("layoutOptional", "compressBlockSize", "compressStride",
-                                              "actSeqLenType")},
+        attrs=compress_attrs(block, stride),
         outputs=["output"],
     )
 

@@ -26,19 +26,17 @@ from ._common import compress_attrs, has_fake_impl, seq_len_input, torch_npu_op
 SUPPORTED = [
     Support(BF16(3, 4, 128), BF16(64, 4, 128), BF16(32, 4), 32, 16),
     Support(F16(3, 4, 128), F16(64, 4, 128), F16(32, 4), 32, 16, actual_seq_len=[64]),
-    Support(BF16(6, 8, 64), BF16(144, 8, 64), BF16(64, 8), 64, 16, actual_seq_len=[40, 40, 144]),
+    Support(BF16(3, 8, 64), BF16(144, 8, 64), BF16(64, 8), 64, 16, actual_seq_len=[40, 40, 144]),
 ]
 
 
 def nsa_compress_grad_node(grad: Tensor, input: Tensor, weight: Tensor, block: int, stride: int,
                            seq: Tensor) -> tuple[Tensor, Tensor]:
     """One ``NsaCompressGrad`` node, inputs and attributes in the IR's order."""
-    attrs = compress_attrs(block, stride)
     input_grad, weight_grad = custom_op(
         "NsaCompressGrad",
         inputs={"outputGrad": grad, "input": input, "weight": weight, "actSeqLenOptional": seq},
-        attrs={name: attrs[name] for name in ("compressBlockSize", "compressStride", "actSeqLenType",
-                                              "layoutOptional")},
+        attrs=compress_attrs(block, stride),
         outputs=["inputGrad", "weightGrad"],
     )
     return input_grad, weight_grad
