@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
+import types
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -88,3 +89,14 @@ def run(args: argparse.Namespace) -> int:
     report = explain(model, *inputs, target=args.target, dynamic=True if args.dynamic else None)
     print(report)
     return 0
+
+
+class _CallableModule(types.ModuleType):
+    """Importing ``nsa_graph.explain`` (the CLI does) binds the package attribute ``nsa_graph.explain`` to this
+    module, shadowing the function; calling the module calls :func:`explain`, so both spellings work."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> FusionReport:
+        return explain(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -81,9 +81,10 @@ def _fuse_candidate(graph: fx.Graph, node: fx.Node, found, target: Target, repor
     where = source_line(source.node)
     view, reduction, reason = _find_reduction(root)
     if reduction is None:
-        if source.spelling.startswith("unfold"):  # a block view without a reduction is an ordinary reshape
-            reason = reason or f"the windows are consumed by {_consumers(root)}, not by a recognised weighted " \
-                                "sum or mean over the window axis"
+        # a block view that nothing tried to reduce is an ordinary reshape, not a candidate
+        if reason is not None or source.spelling.startswith("unfold"):
+            reason = reason or (f"the windows are consumed by {_consumers(root)}, not by a recognised weighted "
+                                "sum or mean over the window axis")
             report.candidates.append(Candidate(source.spelling, where, False, reason, source.block, source.stride))
         return
     spelling = f"{source.spelling} -> {reduction.spelling}"

@@ -72,7 +72,8 @@ def block_view_windows(node: fx.Node) -> Optional[tuple[WindowSource, WindowView
     x, out = fake_tensor(source_node), fake_tensor(node)
     if x is None or out is None or out.dim() != x.dim() + 1:
         return None
-    for seq_dim in range(x.dim()):
+    # the last dim is the feature dim in every layout: splitting it (H -> N, D) is a head view, not blocks
+    for seq_dim in range(x.dim() - 1):
         block = static_int(out.shape[seq_dim + 1])
         if block is None or block < 2:
             continue

@@ -1,0 +1,162 @@
+"""Look-alikes that are not NsaCompress stay unfused, with a reason; the NPU target's domain; safety."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch._dynamo.utils import counters
+
+import nsa_graph
+from pass_helpers import check_fusion, strict_pass  # noqa: F401 (autouse fixture)
+
+B, S, N, D, L, STRIDE = 2, 40, 3, 8, 8, 4
+
+
+def _randn(*shape, dtype=torch.float64, grad=True, seed=0):
+    t = torch.randn(*shape, dtype=dtype, generator=torch.Generator().manual_seed(seed))
+    return t.requires_grad_(grad)
+
+
+def _only_reason(report) -> str:
+    assert len(report.candidates) == 1 and not report.fused, str(report)
+    return report.candidates[0].reason
+
+
+def test_content_dependent_weights():
+    def f(k):
+        u = k.unfold(1, L, STRIDE)
+        return (u * u.softmax(-1)).sum(-1)  # attention-pooling: weights from the window itself
+
+    reason = _only_reason(check_fusion(f, _randn(B, S, N, D), fused=0))
+    assert "window index" in reason
+
+
+def test_per_channel_weights():
+    def f(k, w):  # w [l, N, D]: one weight per (offset, head, channel)
+        return (k.unfold(1, L, STRIDE) * w.permute(1, 2, 0)[None, None]).sum(-1)
+
+    reason = _only_reason(check_fusion(f, _randn(B, S, N, D), _randn(L, N, D, seed=1), fused=0))
+    assert "two passed-through dims" in reason
+
+
+def test_sum_over_the_wrong_axis():
+    def f(k, w):
+        return (k.unfold(1, L, STRIDE) * w.t()[None, None, :, None, :]).sum(-2)
+
+    reason = _only_reason(check_fusion(f, _randn(B, S, N, D), _randn(L, N, seed=1), fused=0))
+    assert "not exactly the window offset" in reason
+
+
+def test_sum_over_window_and_channels():
+    def f(k, w):
+        return (k.unfold(1, L, STRIDE) * w.t()[None, None, :, None, :]).sum((-1, -2))
+
+    reason = _only_reason(check_fusion(f, _randn(B, S, N, D), _randn(L, N, seed=1), fused=0))
+    assert "not exactly the window offset" in reason
+
+
+def test_wrong_block_grouping():
+    # tokens grouped as (block offset, block index): element j of every block comes from a different block
+    reason = _only_reason(check_fusion(lambda k: k.view(B, L, S // L, N, D).mean(1), _randn(B, S, N, D), fused=0))
+    assert "not exactly the window offset" in reason
+
+
+def test_type_promotion_is_left_alone():
+    def f(k, w):
+        return (k.unfold(1, 16, 8) * w.t()[None, None, :, None, :]).sum(-1)
+
+    k, w = _randn(B, 64, N, 16, dtype=torch.bfloat16), _randn(16, N, dtype=torch.float32, seed=1)
+    reason = _only_reason(check_fusion(f, k, w, fused=0))
+    assert "type promotion" in reason
+
+
+def test_in_place_write_between_windows_and_reduction():
+    def f(k, w):
+        k = k.clone()
+        u = k.unfold(1, L, STRIDE)
+        k.mul_(2)  # the windows are views: the sum reads the doubled values
+        return (u * w.t()[None, None, :, None, :]).sum(-1)
+
+    reason = _only_reason(check_fusion(f, _randn(B, S, N, D), _randn(L, N, seed=1), fused=0))
+    assert "modified in place" in reason
+
+
+def test_padded_tail_window_is_not_the_unpadded_op():
+    # fla-style: pad to a multiple of l, then mean. The pass may only fuse what is written: the op over
+    # the *padded* tensor (the partial tail window averaged with zeros), never nsa_compress(k) itself.
+    def g(k):
+        padded = F.pad(k, (0, 0, 0, 0, 0, 8))  # S 40 -> 48: 6 blocks of 8, the last one half zeros
+        return padded.view(B, 6, 8, N, D).mean(2)
+
+    # equal to eager (6 windows, the tail one half zeros); nsa_compress(k) would give 5
+    check_fusion(g, _randn(B, S, N, D), fused=1)
+
+
+def test_unrecognised_consumer_is_reported():
+    def f(k):
+        return k.unfold(1, L, STRIDE).amax(-1)  # max pooling: not a weighted sum
+
+    reason = _only_reason(check_fusion(f, _randn(B, S, N, D), fused=0))
+    assert "amax" in reason
+
+
+# --- target="npu": only the kernel's domain -----------------------------------------------------------
+
+
+def test_npu_target_fuses_inside_the_domain_and_explains_outside():
+    def f(k, w, v, wv):
+        inside = (k.unfold(1, 32, 16) * w.t()[None, None, :, None, :]).sum(-1)
+        outside = (v.unfold(1, 24, 16) * wv.t()[None, None, :, None, :]).sum(-1)  # l=24 not a multiple of 16
+        return inside, outside
+
+    args = (_randn(1, 64, 2, 16, dtype=torch.bfloat16), _randn(32, 2, dtype=torch.bfloat16, seed=1),
+            _randn(1, 64, 2, 16, dtype=torch.bfloat16, seed=2), _randn(24, 2, dtype=torch.bfloat16, seed=3))
+    report = nsa_graph.explain(f, *args, target="npu")
+    assert len(report.fused) == 1 and report.fused[0].block == 32
+    (left,) = report.unfused
+    assert "NPU kernel's domain" in left.reason and "multiples of 16" in left.reason
+
+
+def test_npu_target_rejects_float32():
+    report = nsa_graph.explain(lambda k: k.unfold(1, 32, 16).mean(-1), _randn(1, 64, 2, 16, dtype=torch.float32),
+                               target="npu")
+    assert not report.fused and "fp16/bf16" in report.unfused[0].reason
+
+
+# --- safety: a bug in the pass never breaks the user's compile ----------------------------------------
+
+
+def _broken_recogniser(monkeypatch):
+    from nsa_graph.passes import reductions
+
+    def broken(view, user):
+        raise RuntimeError("recogniser bug")
+
+    monkeypatch.setattr(reductions, "REDUCTIONS", (broken,))
+    import nsa_graph.passes.fuse as fuse
+
+    monkeypatch.setattr(fuse, "REDUCTIONS", (broken,))
+
+
+def test_internal_error_leaves_the_graph_unfused(monkeypatch, caplog):
+    monkeypatch.setenv("NSA_GRAPH_STRICT", "0")
+    _broken_recogniser(monkeypatch)
+    counters.clear()
+
+    def f(k, w):
+        return (k.unfold(1, L, STRIDE) * w.t()[None, None, :, None, :]).sum(-1)
+
+    with caplog.at_level("WARNING", logger="nsa_graph.passes.fuse"):
+        report = check_fusion(f, _randn(B, S, N, D), _randn(L, N, seed=1), fused=0)
+    assert report.errors and "recogniser bug" in report.errors[0]
+    assert counters["nsa_graph"]["errors"] == 1 and counters["nsa_graph"]["fused"] == 0
+    assert any("internal error" in r.getMessage() for r in caplog.records)
+
+
+def test_internal_error_raises_in_strict_mode(monkeypatch):
+    _broken_recogniser(monkeypatch)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda k: k.unfold(0, L, STRIDE).mean(-1), backend=nsa_graph.backend(inner="eager"))
+    with pytest.raises(Exception, match="recogniser bug"):
+        compiled(_randn(S, N, D))

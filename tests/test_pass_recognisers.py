@@ -1,0 +1,208 @@
+"""Each window source x reduction recogniser, through torch.compile (aot_eager): fused count, outputs, grads."""
+
+from __future__ import annotations
+
+import einops
+import pytest
+import torch
+
+from pass_helpers import GraphCapture, check_fusion, strict_pass  # noqa: F401 (autouse fixture)
+
+B, S, N, D, L, STRIDE = 2, 40, 3, 8, 8, 4
+
+
+def _randn(*shape, dtype=torch.float64, grad=True, seed=0):
+    t = torch.randn(*shape, dtype=dtype, generator=torch.Generator().manual_seed(seed))
+    return t.requires_grad_(grad)
+
+
+# --- unfold x mul + sum, every layout and weight shape -------------------------------------------------
+
+
+def test_bsnd_weight_l_n_mul_sum():
+    def f(k, w):
+        return (k.unfold(1, L, STRIDE) * w.t()[None, None, :, None, :]).sum(-1)
+
+    report = check_fusion(f, _randn(B, S, N, D), _randn(L, N, seed=1), fused=1)
+    assert "2 sequences" in report.fused[0].reason and "test_pass_recognisers.py" in report.fused[0].location
+
+
+def test_tnd_single_sequence_weight_reversed_operands_torch_sum():
+    def f(k, w):
+        return torch.sum(w.t()[:, None, :] * k.unfold(0, L, STRIDE), dim=-1)
+
+    check_fusion(f, _randn(S, N, D), _randn(L, N, seed=1), fused=1)
+
+
+def test_bnsd_weight_n_l():
+    def f(k, w):  # k [B, N, S, D], w [N, l]
+        return (k.unfold(2, L, STRIDE) * w[None, :, None, None, :]).sum(dim=-1)
+
+    check_fusion(f, _randn(B, N, S, D), _randn(N, L, seed=1), fused=1)
+
+
+def test_bsh_viewed_as_heads_weight_shared_by_heads():
+    def f(h, w):  # h [B, S, N*D], w [l]
+        return (h.view(B, S, N, D).unfold(1, L, STRIDE) * w).sum(-1)
+
+    check_fusion(f, _randn(B, S, N * D), _randn(L, seed=1), fused=1)
+
+
+def test_bsh_without_heads():
+    def f(h, w):
+        return (h.unfold(1, L, STRIDE) * w).sum(-1)  # [B, W, H]
+
+    check_fusion(f, _randn(B, S, N * D), _randn(L, seed=1), fused=1)
+
+
+def test_weight_l_1_with_window_axis_moved():
+    def f(k, w):  # w [l, 1]: one weight per offset, shared by heads
+        u = k.unfold(1, L, STRIDE).movedim(-1, 2)  # [B, W, l, N, D]
+        return (u * w[:, :, None]).sum(2)
+
+    check_fusion(f, _randn(B, S, N, D), _randn(L, 1, seed=1), fused=1)
+
+
+def test_keepdim_and_permuted_windows():
+    def f(k, w):
+        u = k.unfold(1, L, STRIDE).permute(0, 2, 1, 4, 3)  # [B, N, W, l, D]
+        return (u * w.t()[None, :, None, :, None]).sum(3, keepdim=True)
+
+    check_fusion(f, _randn(B, S, N, D), _randn(L, N, seed=1), fused=1)
+
+
+def test_stride_larger_than_block_and_block_equal_stride():
+    def f(k, w):
+        a = (k.unfold(0, 4, 6) * w[:4].t()[:, None, :]).sum(-1)
+        b = (k.unfold(0, 8, 8) * w.t()[:, None, :]).sum(-1)
+        return torch.cat([a, b])
+
+    check_fusion(f, _randn(S, N, D), _randn(8, N, seed=1), fused=2)
+
+
+# --- einsum -------------------------------------------------------------------------------------------
+
+
+def test_einsum_bsnd():
+    def f(k, w):
+        return torch.einsum("bwndl,ln->bwnd", k.unfold(1, L, STRIDE), w)
+
+    check_fusion(f, _randn(B, S, N, D), _randn(L, N, seed=1), fused=1)
+
+
+def test_einsum_weight_first_n_l_output_permuted():
+    def f(k, w):  # weight first, [N, l], output [B, N, W, D]
+        return torch.einsum("nk, b w n d k -> b n w d", w, k.unfold(1, L, STRIDE))
+
+    check_fusion(f, _randn(B, S, N, D), _randn(N, L, seed=1), fused=1)
+
+
+def test_einops_einsum_renamed_letters():
+    def f(k, w):
+        return einops.einsum(k.unfold(0, L, STRIDE), w, "w h d l, l h -> w h d")
+
+    check_fusion(f, _randn(S, N, D), _randn(L, N, seed=1), fused=1)
+
+
+# --- mean ---------------------------------------------------------------------------------------------
+
+
+def test_unfold_mean():
+    check_fusion(lambda k: k.unfold(1, L, STRIDE).mean(-1), _randn(B, S, N, D), fused=1)
+
+
+def test_weighted_mean():
+    def f(k, w):
+        return (k.unfold(1, L, STRIDE) * w).mean(-1)  # mdy666: Σ w x / l
+
+    check_fusion(f, _randn(B, S, N, D), _randn(L, seed=1), fused=1)
+
+
+def test_scalar_weight_then_sum():
+    check_fusion(lambda k: (k.unfold(0, L, STRIDE) * 0.5).sum(-1), _randn(S, N, D), fused=1)
+
+
+# --- block views (l == d) -----------------------------------------------------------------------------
+
+
+def test_view_blocks_mean():
+    check_fusion(lambda k: k.view(B, S // L, L, N, D).mean(2), _randn(B, S, N, D), fused=1)
+
+
+def test_truncating_slice_then_reshape_blocks_weighted_sum():
+    def f(k, w):  # S = 40, blocks of 16: the slice drops the 8-token tail
+        kb = k[:, : S // 16 * 16].reshape(B, -1, 16, N, D)
+        return (kb * w[None, None, :, :, None]).sum(2)
+
+    check_fusion(f, _randn(B, S, N, D), _randn(16, N, seed=1), fused=1)
+
+
+def test_einops_reduce_mean():
+    check_fusion(lambda k: einops.reduce(k, "b (w n) h d -> b w h d", "mean", n=L), _randn(B, S, N, D), fused=1)
+
+
+# --- dtype handling -----------------------------------------------------------------------------------
+
+
+def test_upcast_then_cast_back_runs_the_op_in_bf16():
+    def f(k, w):
+        return (k.unfold(1, 16, 8).float() * w.float().t()[None, None, :, None, :]).sum(-1).to(k.dtype)
+
+    k, w = _randn(B, 64, N, 16, dtype=torch.bfloat16), _randn(16, N, dtype=torch.bfloat16, seed=1)
+    report = check_fusion(f, k, w, fused=1)
+    assert "bfloat16" in report.fused[0].reason
+
+
+def test_upcast_without_cast_back_runs_the_op_in_fp32():
+    def f(k, w):
+        return (k.unfold(1, 16, 8).float() * w.t()[None, None, :, None, :]).sum(-1)  # w already fp32
+
+    k, w = _randn(B, 64, N, 16, dtype=torch.bfloat16), _randn(16, N, dtype=torch.float32, seed=1)
+    report = check_fusion(f, k, w, fused=1)
+    assert "float32" in report.fused[0].reason
+
+
+def test_mean_bf16_within_standard():
+    k = _randn(B, 64, N, 16, dtype=torch.bfloat16)
+    check_fusion(lambda k: k.unfold(1, 16, 8).mean(-1), k, fused=1)
+
+
+# --- training graphs: the fused op and its registered backward ----------------------------------------
+
+
+def test_training_graphs_have_nsa_compress_grad_and_no_unfold():
+    def f(k, w):
+        return torch.einsum("bwndl,ln->bwnd", k.unfold(1, L, STRIDE), w) * 2
+
+    capture = GraphCapture()
+    check_fusion(f, _randn(B, S, N, D), _randn(L, N, seed=1), fused=1, inner=capture.backend)
+    fw, bw = capture.ops(capture.forward), capture.ops(capture.backward)
+    assert "nsa_graph.nsa_compress.default" in fw and "aten.unfold.default" not in fw, fw
+    assert "nsa_graph.nsa_compress_grad.default" in bw and "aten.unfold_backward.default" not in bw, bw
+
+
+# --- dynamic shapes -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dynamic", [True, None])
+def test_dynamic_sequence_length_no_recompile(dynamic):
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    import nsa_graph
+
+    def f(k, w):
+        return (k.unfold(1, L, STRIDE) * w.t()[None, None, :, None, :]).sum(-1)
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend(nsa_graph.backend(inner="aot_eager"))
+    compiled = torch.compile(f, backend=counter, dynamic=dynamic)
+    w = _randn(L, N, seed=1)
+    lengths = (40, 52, 61, 77) if dynamic else (40, 52, 61, 77)
+    for S_ in lengths:
+        k = _randn(B, S_, N, D)
+        out = compiled(k, w)
+        torch.testing.assert_close(out, f(k, w), rtol=1e-12, atol=1e-12)
+        g = torch.randn_like(out)
+        torch.testing.assert_close(torch.autograd.grad(out, (k, w), g), torch.autograd.grad(f(k, w), (k, w), g))
+    # dynamic=True: one graph; automatic dynamic: a static graph, then one dynamic graph for the rest
+    assert counter.frame_count == (1 if dynamic else 2)
