@@ -85,26 +85,27 @@ IR_TABLE: dict[str, IrDef] = {
 }
 
 
-def _expand(names_kinds: list[tuple[str, str]], given: list[str]) -> Optional[list[str]]:
-    """IR slot name for each given desc name (a dynamic slot ``x`` matches ``x0``, ``x1``, ...), in IR order.
+def _slot_of(name: str, slots: list[tuple[str, str]]) -> Optional[int]:
+    """Index of the IR slot a descriptor name belongs to (dynamic slot ``x`` takes ``x0``, ``x1``, ...)."""
+    for index, (slot, kind) in enumerate(slots):
+        if name == slot and kind != "dynamic":
+            return index
+        if kind == "dynamic" and name.startswith(slot) and name[len(slot):].isdigit():
+            return index
+    return None
 
-    Returns None when ``given`` is not an in-order selection of the IR's slots.
-    """
-    slots, pos = [], 0
-    for name in given:
-        while pos < len(names_kinds):
-            slot, kind = names_kinds[pos]
-            if name == slot and kind != "dynamic":
-                slots.append(slot)
-                pos += 1
-                break
-            if kind == "dynamic" and name.startswith(slot) and name[len(slot):].isdigit():
-                slots.append(slot)  # stay on the dynamic slot: it may take more entries
-                break
-            pos += 1
-        else:
-            return None
-    return slots
+
+def _slot_problems(where: str, what: str, names: list[str], slots: list[tuple[str, str]]) -> tuple[list, list]:
+    """(problems, slot index per name or None): unknown names and names out of the IR's order."""
+    indices = [_slot_of(name, slots) for name in names]
+    problems = [f"{where}: {what} {name!r} is not an {what} of the IR ({what}s: {[s for s, _ in slots]})"
+                for name, index in zip(names, indices) if index is None]
+    known = [i for i in indices if i is not None]
+    problems += [f"{where}: {what} {slots[i][0]!r} appears {known.count(i)} times" for i in sorted(set(known))
+                 if slots[i][1] != "dynamic" and known.count(i) > 1]
+    if known != sorted(known):
+        problems.append(f"{where}: {what}s {names} are out of the IR's order {[s for s, _ in slots]}")
+    return problems, indices
 
 
 def _dtype_name(pb: Any, dtype: int) -> str:
@@ -143,27 +144,29 @@ def _op_problems(op: Any, ir: IrDef, producers: dict[str, Any], pb: Any) -> list
     problems = []
     ir_inputs = [(i.name, i.kind) for i in ir.inputs]
     names = [d.name for d in op.input_desc]
-    slots = _expand(ir_inputs, names)
-    if slots is None:
-        problems.append(f"{where}: inputs {names} are not in the IR's order/names "
-                        f"{[n for n, _ in ir_inputs]}")
-        slots = []
+    found, indices = _slot_problems(where, "input", names, ir_inputs)
+    problems += found
     fed, input_dtypes = {}, {}
-    for slot, ref in zip(slots, op.input):
-        fed[slot] = bool(ref)
-        spec = next(i for i in ir.inputs if i.name == slot)
+    for index, ref in zip(indices, op.input):
+        if index is None:
+            continue
+        spec = ir.inputs[index]
+        fed[spec.name] = fed.get(spec.name, False) or bool(ref)
         dtype = _known_dtype(producers, ref, pb)
-        input_dtypes[slot] = dtype
+        input_dtypes[spec.name] = dtype
         if dtype is not None and dtype not in spec.dtypes:
-            problems.append(f"{where}: input {slot!r} has dtype {dtype}, the IR accepts {list(spec.dtypes)}")
+            problems.append(f"{where}: input {spec.name!r} has dtype {dtype}, the IR accepts {list(spec.dtypes)}")
     for spec in ir.inputs:
         if (spec.kind == "required" or spec.always_fed) and not fed.get(spec.name, False):
             why = "required" if spec.kind == "required" else "read unconditionally by the op's InferShape"
             problems.append(f"{where}: input {spec.name!r} is not fed ({why})")
 
     out_names = [d.name for d in op.output_desc]
-    if _expand(list(ir.outputs), out_names) is None or len(out_names) < sum(k == "required" for _, k in ir.outputs):
-        problems.append(f"{where}: outputs {out_names} do not match the IR's {[n for n, _ in ir.outputs]}")
+    found, indices = _slot_problems(where, "output", out_names, list(ir.outputs))
+    problems += found
+    for index, (name, kind) in enumerate(ir.outputs):
+        if kind == "required" and index not in indices:
+            problems.append(f"{where}: required output {name!r} is missing")
     expected = input_dtypes.get(ir.output_dtype_from)
     for desc in op.output_desc:
         got = stated_dtype(op, desc, pb)

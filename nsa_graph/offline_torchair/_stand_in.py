@@ -27,7 +27,7 @@ class GeIrError(RuntimeError):
 
 
 _NO_RUNTIME = ("no GE runtime here (offline torchair without CANN): {what} needs CANN and an NPU. The graph was "
-               "recorded at the GE load boundary; read it with nsa_graph.offline_torchair.recorded_graphs().")
+               "recorded where torchair hands it to GE; read it with nsa_graph.offline_torchair.recorded_graphs().")
 
 _lock = threading.Lock()
 _records: list[tuple[str, Any]] = []  # (boundary, GraphDef), oldest first
