@@ -171,3 +171,15 @@ def test_fetch_torchair_command(offline, capsys):
     assert f"ready at {ota.torchair_dir()}" in out
     assert "(offline)" in out
     assert str(NSA_COMPRESS_GRAD_IR) in out
+
+
+def test_loading_keeps_the_processs_signal_handlers(offline):
+    import subprocess
+
+    # in a fresh process: pytest's own handlers are not the point (torchair's would swallow Ctrl-C/SIGTERM)
+    code = ("import signal, nsa_graph.offline_torchair as o; before = signal.getsignal(signal.SIGINT);"
+            "o.load_torchair(); assert signal.getsignal(signal.SIGINT) is before;"
+            "assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL; print('ok')")
+    env = {"TORCH_DEVICE_BACKEND_AUTOLOAD": "0", "NSA_GRAPH_CACHE": str(_fetch.cache_dir()), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

@@ -6,6 +6,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import signal
 import sys
 import threading
 import types
@@ -62,14 +63,30 @@ def _load_offline(fetch: bool) -> types.ModuleType:
     module = importlib.util.module_from_spec(spec)
     sys.modules[_stand_in.MODULE_NAME] = _stand_in.module()
     sys.modules["torchair"] = module
+    handlers = _signal_handlers()
     try:
         spec.loader.exec_module(module)
     except BaseException:
         _purge("torchair")
         raise
+    finally:
+        _restore(handlers)
     module.core._torchair = sys.modules[_stand_in.MODULE_NAME]
     _install_eager_fallback(module)
     return module
+
+
+def _signal_handlers() -> dict:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore(handlers: dict) -> None:
+    # torchair installs SIGINT/SIGTERM handlers that finalize GE and then ignore the signal; offline there
+    # is no GE to finalize, and Ctrl-C (or a CI timeout's SIGTERM) must keep working
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
 
 
 def load_torchair(fetch: bool = False) -> types.ModuleType:
