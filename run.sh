@@ -19,10 +19,14 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
-.venv/bin/nsa-graph fetch-torchair --quiet
+.venv/bin/nsa-graph fetch-torchair >/dev/null
 
 case "${1:-}" in
-    demo) shift; exec .venv/bin/nsa-graph demo "$@" ;;
+    demo)
+        # the op (eager, compiled) -> fusion of plain PyTorch NSA code -> the GE graphs torchair builds
+        .venv/bin/python examples/op_basics.py
+        .venv/bin/python examples/nsa_attention_block.py
+        exec .venv/bin/nsa-graph dump-ge ;;
     test) shift; exec .venv/bin/python -m pytest "$@" ;;
     *) echo "usage: ./run.sh demo | ./run.sh test [pytest args]" >&2; exit 2 ;;
 esac
