@@ -62,10 +62,9 @@ def round_half_away_from_zero(x: torch.Tensor, dtype: torch.dtype) -> torch.Tens
         rounded = ((bits + 0x8000) & ~0xFFFF).view(torch.float32)
     else:
         rounded = ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
-        tiny = x.abs() < 2.0**-14
-        if bool(tiny.any()):
-            sub = torch.floor(x.abs() * 2.0**24 + 0.5).mul_(2.0**-24).copysign_(x)
-            rounded = torch.where(tiny, sub, rounded)
+        # no data-dependent branch: the function is also traced into decompositions
+        subnormal = torch.floor(x.abs() * 2.0**24 + 0.5) * 2.0**-24
+        rounded = torch.where(x.abs() < 2.0**-14, subnormal.copysign(x), rounded)
     rounded = torch.where(torch.isfinite(x), rounded, x)
     return rounded.to(dtype)
 
