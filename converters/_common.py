@@ -6,9 +6,8 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 from torchair._ge_concrete_graph import ge_apis as ge
-from torchair.ge import Const, DataType, Tensor
 from torchair._ge_concrete_graph import ge_ir_pb2
-from torchair.ge import attr
+from torchair.ge import Const, DataType, Tensor, attr
 
 LAYOUT = "TND"  # the only layout torch_npu passes (and the kernel accepts)
 ACT_SEQ_LEN_TYPE = 0  # prefix sums; the only value the forward and grad kernels accept

@@ -5,7 +5,9 @@ import sys
 
 import pytest
 import torch
-from torchair_fixtures import attr_values, const_values, dtype_name, named_inputs, only_node, producer, torchair  # noqa: F401
+from torchair_fixtures import (  # noqa: F401
+    attr_values, const_values, dtype_name, named_inputs, only_node, producer, torchair,
+)
 
 # GE matches attributes by name (a map in the GraphDef); the IR's order only matters to positional custom_op
 FORWARD_ATTRS = ["layoutOptional", "compressBlockSize", "compressStride", "actSeqLenType"]
