@@ -224,14 +224,14 @@ def test_npu_compiled_forward_and_backward_match_the_cpu_kernels(torchair, npu_b
     torch.manual_seed(0)
     seq = [40, 144]
     kv = torch.randn(144, 4, 128, dtype=dtype)
-    w = (torch.rand(L, 4, dtype=dtype) / L)
-    grad_out = torch.randn(1 + 7, 4, 128, dtype=dtype)
+    w = torch.rand(L, 4, dtype=dtype) / L
 
     def f(kv, w):
         return nsa_graph.nsa_compress(kv, w, L, D, actual_seq_len=seq)
 
     kv_cpu, w_cpu = kv.clone().requires_grad_(), w.clone().requires_grad_()
-    expected = f(kv_cpu, w_cpu)
+    expected = f(kv_cpu, w_cpu)  # CPU kernels: 1 + 5 windows
+    grad_out = torch.randn_like(expected)
     expected.backward(grad_out)
 
     kv_npu, w_npu = kv.npu().requires_grad_(), w.npu().requires_grad_()
@@ -240,3 +240,19 @@ def test_npu_compiled_forward_and_backward_match_the_cpu_kernels(torchair, npu_b
     for name, actual, reference in (("output", got, expected), ("grad input", kv_npu.grad, kv_cpu.grad),
                                     ("grad weight", w_npu.grad, w_cpu.grad)):
         torch.testing.assert_close(actual.cpu(), reference, rtol=tol, atol=tol, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.npu
+def test_npu_compiled_torch_npu_op_matches_the_cpu_kernel(torchair, npu_backend):
+    import torch_npu
+
+    torch.manual_seed(0)
+    kv = torch.randn(144, 4, 128, dtype=torch.float16)
+    w = torch.rand(L, 4, dtype=torch.float16) / L
+    expected = nsa_graph.nsa_compress(kv, w, L, D, actual_seq_len=[40, 144])
+
+    def f(kv, w):
+        return torch_npu.npu_nsa_compress(kv, w, L, D, actual_seq_len=[40, 144])
+
+    got = torch.compile(f, backend=npu_backend)(kv.npu(), w.npu())
+    torch.testing.assert_close(got.cpu(), expected, rtol=1e-3, atol=1e-3)
