@@ -20,19 +20,27 @@ from collections.abc import Sequence
 from typing import Callable, Optional
 
 import torch
-from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from .contract import sequence_spans, windows_in
 from .kernels import accumulation_dtype
 
 
-def _windows(seq: torch.Tensor, block: int, stride: int, count) -> torch.Tensor:
-    """``[count, N, D, block]`` windows of one sequence (no copy when the length is known to fit)."""
-    if statically_known_true(seq.shape[0] >= block):
-        return seq.unfold(0, block, stride)
-    # length not known to hold a window: strided slices stay valid (empty) for count == 0, no guard needed
-    span = (count - 1) * stride + 1
-    return torch.stack([seq[j : j + span : stride] for j in range(block)], dim=-1)
+def _static(*values) -> bool:
+    return all(isinstance(v, int) for v in values)
+
+
+def _windows(input: torch.Tensor, start, end, block: int, stride: int, count) -> torch.Tensor:
+    """``[count, N, D, block]`` windows of the sequence ``[start, end)``.
+
+    Static bounds: an ``unfold`` view of a slice. Symbolic bounds: a gather with absolute indices, which
+    needs no slicing of symbolic ranges (slices clamp their bounds, and clamping installs guards).
+    """
+    if _static(start, end):
+        if end - start < block:
+            return input.new_empty((0, *input.shape[1:], block))
+        return input[start:end].unfold(0, block, stride)
+    index = start + torch.arange(count, device=input.device)[:, None] * stride + torch.arange(block, device=input.device)
+    return input[index].permute(0, 2, 3, 1)  # [count, l, N, D] -> [count, N, D, l]
 
 
 def nsa_compress_decomposition(
@@ -48,8 +56,7 @@ def nsa_compress_decomposition(
     w = weight.to(acc).t()[:, None, :]  # [N, 1, l]
     pieces = []
     for start, end in sequence_spans(input.shape[0], actual_seq_len):
-        count = windows_in(end - start, l, d)
-        u = _windows(input[start:end], l, d, count)
+        u = _windows(input, start, end, l, d, windows_in(end - start, l, d))
         pieces.append((u.to(acc) * w).sum(-1))
     out = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
     return out.to(input.dtype)
@@ -67,30 +74,31 @@ def nsa_compress_grad_decomposition(
     l, d = compress_block_size, compress_stride
     acc = accumulation_dtype(input.dtype)
     T, N, D = input.shape
-    g_all, w = grad.to(acc), weight.to(acc)
+    rows_total = grad.shape[0]
+    g_padded = torch.cat([grad.to(acc), grad.new_zeros((1, N, D), dtype=acc)])  # last row: "no window"
+    w = weight.to(acc)
     covering = -(-l // d)  # windows covering one token: ceil(l / d)
     grad_inputs, grad_weight = [], None
     row = 0
     for start, end in sequence_spans(T, actual_seq_len):
         count = windows_in(end - start, l, d)
-        g = g_all[row : row + count]
-        row = row + count
         # gather: token p of this sequence reads window p // d - m at offset p % d + m * d
-        g_padded = torch.cat([g, g.new_zeros((1, N, D))])  # row `count` is the zero window
         p = torch.arange(end - start, device=input.device)
         gi = None
         for m in range(covering):
             window = p // d - m
             offset = p % d + m * d
             valid = (window >= 0) & (window < count) & (offset < l)
-            rows = torch.where(valid, window, count)
+            rows = torch.where(valid, row + window, rows_total)
             term = w[offset.clamp(max=l - 1)][:, :, None] * g_padded[rows]
             gi = term if gi is None else gi + term
         grad_inputs.append(gi)
         # grad_weight[j, n] = Σ_i Σ_D g[i, n, :] * x[s + i*d + j, n, :]
-        u = _windows(input[start:end], l, d, count).to(acc)  # [count, N, D, l]
+        u = _windows(input, start, end, l, d, count).to(acc)  # [count, N, D, l]
+        g = g_padded[row + torch.arange(count, device=input.device)]  # [count, N, D]
         gw = (u * g[..., None]).sum((0, 2)).t()  # [l, N]
         grad_weight = gw if grad_weight is None else grad_weight + gw
+        row = row + count
     grad_input = grad_inputs[0] if len(grad_inputs) == 1 else torch.cat(grad_inputs)
     return grad_input.to(input.dtype), grad_weight.to(weight.dtype)
 
