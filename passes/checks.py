@@ -61,17 +61,24 @@ def check_result(source: WindowSource, view: WindowView, reduction: Reduction) -
         raise NotFused(f"window size {source.block} and step {source.stride} must be positive")
 
 
+def batch_dims(seq_dim: int, head: Optional[int], ndim: int) -> list[int]:
+    """The x dims folded into T as separate sequences: dim 0 of a 3-D or larger x when it precedes the
+    sequence dim (B of BSND, BNSD, [B, C, S]); every other passed-through dim is a channel (folded into D)."""
+    return [0] if ndim >= 3 and seq_dim > 0 and head != 0 else []
+
+
 def head_dim(source: WindowSource, reduction: Reduction, ndim: int) -> Optional[int]:
     """The x dim the op treats as heads: the one the weight varies along.
 
-    A weight shared by all heads (``[l]``, or a mean) takes the first of two or more dims after the
-    sequence (BSND's N), so the op sees ``[T, N, D]`` as written rather than ``[T, 1, N*D]``.
+    A weight shared by all heads (``[l]``, or a mean) takes the first dim that is neither batch, sequence
+    nor the last channel dim (BSND's and BNSD's N, TND's N), so the op sees ``[T, N, D]`` as written
+    rather than ``[T, 1, N*D]``.
     """
     label = reduction.head_label
     if label is not None:
         return x_dim(label)
-    after = list(range(source.seq_dim + 1, ndim))
-    return after[0] if len(after) >= 2 else None
+    channels = [k for k in range(ndim) if k != source.seq_dim and k not in batch_dims(source.seq_dim, None, ndim)]
+    return channels[0] if len(channels) >= 2 else None
 
 
 def cast_back(view: WindowView, reduction: Reduction, x: torch.Tensor) -> Optional[fx.Node]:

@@ -17,11 +17,11 @@ import torch.fx as fx
 
 from nsa_graph.contract import npu_unsupported_reason
 
-from . import checks, rewrite
+from . import checks, rewrite, sequences
 from .candidate import NotFused, Reduction, WindowSource, WindowView
 from .nodes import fake_tensor, source_line
 from .report import Candidate, FusionReport, publish
-from .reductions import REDUCTIONS
+from .reductions import POOLS, REDUCTIONS
 from .window_sources import WINDOW_SOURCES, layouts
 
 log = logging.getLogger(__name__)
@@ -76,10 +76,15 @@ def _describe(plan: rewrite.Plan, op: fx.Node) -> str:
             f"{str(plan.dtype).replace('torch.', '')})")
 
 
-def _fuse_candidate(graph: fx.Graph, node: fx.Node, found, target: Target, report: FusionReport) -> None:
-    source, root = found
+def _fuse_candidate(graph: fx.Graph, node: fx.Node, found, target: Target, report: FusionReport,
+                    fused_ops: dict) -> None:
+    if len(found) == 3:  # a pooling op: windows and reduction in one node
+        source, root, reduction = found
+        view, reason = root, None
+    else:
+        source, root = found
+        view, reduction, reason = _find_reduction(root)
     where = source_line(source.node)
-    view, reduction, reason = _find_reduction(root)
     if reduction is None:
         # a block view that nothing tried to reduce is an ordinary reshape, not a candidate
         if reason is not None or source.spelling.startswith("unfold"):
@@ -96,7 +101,34 @@ def _fuse_candidate(graph: fx.Graph, node: fx.Node, found, target: Target, repor
         report.candidates.append(Candidate(spelling, where, False, str(exc), source.block, source.stride))
         return
     rewrite.erase_dead(graph, root.nodes + view.nodes[len(root.nodes):] + reduction.nodes + [reduction.result])
-    report.candidates.append(Candidate(spelling, where, True, _describe(plan, op), source.block, source.stride))
+    candidate = Candidate(spelling, where, True, _describe(plan, op), source.block, source.stride)
+    report.candidates.append(candidate)
+    fused_ops[op] = candidate
+
+
+def _merge_loops(graph: fx.Graph, report: FusionReport, fused_ops: dict, strict: bool) -> None:
+    """Per-sequence ops joined by ``cat`` -> one op with ``actual_seq_len`` (see :mod:`.sequences`)."""
+    try:
+        merged = sequences.merge_sequence_loops(graph)
+    except Exception as exc:  # noqa: BLE001 - the per-sequence ops are already correct on their own
+        if strict:
+            raise
+        log.warning("nsa_graph: merging a sequence loop failed: %s", exc, exc_info=True)
+        report.errors.append(f"{type(exc).__name__}: {exc}; the per-sequence ops were kept")
+        return
+    for cat, ops, reason in merged:
+        pieces = [fused_ops[op] for op in ops if op in fused_ops]
+        first = pieces[0] if pieces else Candidate("", "", True, "")
+        spelling = f"loop over {len(ops)} sequences joined by cat ({first.spelling})"
+        if reason is None:  # the per-iteration candidates became one op: report it once
+            for c in pieces:
+                report.candidates.remove(c)
+            report.candidates.append(Candidate(spelling, first.location, True,
+                                               f"one nsa_compress with actual_seq_len ({len(ops)} pieces merged)",
+                                               first.block, first.stride))
+        else:
+            report.candidates.append(Candidate(spelling, first.location, False,
+                                               f"kept as {len(ops)} separate ops: {reason}"))
 
 
 def fuse_nsa_compress(
@@ -113,17 +145,19 @@ def fuse_nsa_compress(
     strict = strict_default() if strict is None else strict
     graph = gm.graph if isinstance(gm, fx.GraphModule) else gm
     report = FusionReport()
+    fused_ops: dict[fx.Node, Candidate] = {}  # op node -> its candidate
     for node in list(graph.nodes):
         if getattr(node, "_erased", False):
             continue
-        for recognise in WINDOW_SOURCES:
+        for recognise in WINDOW_SOURCES + POOLS:
             found = None
             try:
                 found = recognise(node)
                 if found is not None:
-                    _fuse_candidate(graph, node, found, target, report)
+                    _fuse_candidate(graph, node, found, target, report, fused_ops)
             except NotFused as exc:
-                report.candidates.append(Candidate(str(node.target), source_line(node), False, str(exc)))
+                name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", node.name)
+                report.candidates.append(Candidate(str(name), source_line(node), False, str(exc)))
             except Exception as exc:  # noqa: BLE001 - the user's compile must survive a bug in the pass
                 if strict:
                     raise
@@ -133,6 +167,7 @@ def fuse_nsa_compress(
             if found is not None:
                 break
     if report.fused:
+        _merge_loops(graph, report, fused_ops, strict)
         graph.lint()
         if isinstance(gm, fx.GraphModule):
             gm.recompile()

@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 import torch
 import torch.fx as fx
 
-from .candidate import OFFSET, UNIT, NotFused, Reduction, WindowView, x_dim
+from .candidate import OFFSET, UNIT, WINDOW, NotFused, Reduction, WindowSource, WindowView, x_dim, x_label
 from .nodes import bind, fake_tensor, is_one, normalize_dim, op_name, same_size, static_int
 
 
@@ -234,8 +234,120 @@ def window_einsum(view: WindowView, user: fx.Node) -> Optional[Reduction]:
     return Reduction(f"einsum '{equation}'", user, labels, weight, tuple(weight_labels), 1.0, [user])
 
 
+def _matmul_operands(node: fx.Node) -> Optional[tuple[Any, Any, str]]:
+    name = op_name(node)
+    if name == "matmul" and len(node.args) == 2 and not node.kwargs:
+        return node.args[0], node.args[1], "matmul"
+    if name == "linear":
+        args = bind(node, ("input", "weight", "bias"), {"bias": None})
+        if args is None or args["bias"] is not None or not isinstance(args["weight"], fx.Node):
+            return None
+        w = fake_tensor(args["weight"])
+        if w is None or w.dim() not in (1, 2):
+            return None
+        return args["input"], args["weight"], "linear"
+    return None
+
+
+def window_matmul(view: WindowView, user: fx.Node) -> Optional[Reduction]:
+    """Matrix product of the windows (offset axis last) with a weight column, or ``F.linear`` with one output.
+
+    Matches, e.g.::
+
+        y = (u @ w.t().unsqueeze(-1)).squeeze(-1)        # per-head column: [N, l, 1] against [.., N, D, l]
+        y = u @ w                                        # w [l] shared by heads
+        y = F.linear(u, w.view(1, l)).squeeze(-1)        # one output feature
+    """
+    operands = _matmul_operands(user)
+    if operands is None:
+        return None
+    a, b, kind = operands
+    if a is not view.node:
+        if b is view.node:
+            raise NotFused(f"the windows are the right operand of {kind}: only windows @ weight is recognised")
+        return None
+    windows, w = fake_tensor(view.node), fake_tensor(b) if isinstance(b, fx.Node) else None
+    if w is None:
+        raise NotFused(f"the {kind} weight is not a tensor")
+    if view.labels[-1] != OFFSET:
+        raise NotFused(f"{kind} contracts the last dim ({view.labels[-1]}), not the window offset axis")
+    if w.dtype != windows.dtype:
+        raise NotFused(f"type promotion: weight dtype {w.dtype} differs from window dtype {windows.dtype}")
+    if kind == "linear" and w.dim() == 2:  # F.linear(u, W[1, l]) == u @ W.t()
+        if not is_one(w.shape[0]):
+            raise NotFused(f"linear with {w.shape[0]} outputs mixes the window into several features")
+        return Reduction("linear", user, view.labels[:-1] + (UNIT,), b, (UNIT, OFFSET), 1.0, [user])
+    if w.dim() == 1:
+        return Reduction(kind, user, view.labels[:-1], b, (OFFSET,), 1.0, [user])
+    if not is_one(w.shape[-1]):
+        raise NotFused(f"{kind} with a weight of {w.shape[-1]} columns mixes the window into several features")
+    if windows.dim() < 2 or w.dim() - 2 > windows.dim() - 2:
+        raise NotFused(f"{kind} weight {tuple(w.shape)} has more batch dims than the windows")
+    # the weight's batch dims broadcast against the windows' batch dims (all but the last two)
+    batch_labels = view.labels[:-2]
+    weight_labels = []
+    for k in range(w.dim() - 2):
+        i = len(batch_labels) - (w.dim() - 2) + k
+        label = batch_labels[i]
+        if is_one(w.shape[k]):
+            weight_labels.append(UNIT)
+        elif not same_size(w.shape[k], windows.shape[i]):
+            return None
+        elif x_dim(label) is not None:
+            weight_labels.append(label)
+        else:
+            raise NotFused(f"the {kind} weight varies with the window index, not only with (offset, head)")
+    if len([lab for lab in weight_labels if lab != UNIT]) > 1:
+        raise NotFused(f"the {kind} weight varies along more than one passed-through dim")
+    weight_labels += [OFFSET, UNIT]
+    return Reduction(kind, user, view.labels[:-1] + (UNIT,), b, tuple(weight_labels), 1.0, [user])
+
+
+def average_pool(node: fx.Node) -> Optional[tuple[WindowSource, WindowView, Reduction]]:
+    """``avg_pool1d`` over the last dim, no padding, no ceil_mode: windows and mean in one op.
+
+    Matches, e.g.::
+
+        y = F.avg_pool1d(k.reshape(B, S, N * D).transpose(1, 2), 32, 16)     # [B, N*D, W]
+    """
+    if op_name(node) != "avg_pool1d":
+        return None
+    args = bind(node, ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"),
+                {"stride": None, "padding": 0, "ceil_mode": False, "count_include_pad": True})
+    if args is None or not isinstance(args["input"], fx.Node) or fake_tensor(args["input"]) is None:
+        return None
+
+    def single(value):
+        value = value[0] if isinstance(value, (list, tuple)) and len(value) == 1 else value
+        return static_int(value)
+
+    block = single(args["kernel_size"])
+    stride = block if args["stride"] in (None, [], ()) else single(args["stride"])
+    spelling = f"avg_pool1d({args['kernel_size']}, {args['stride']})"
+    if block is None or stride is None:
+        raise NotFused(f"{spelling}: kernel size and stride must be static ints")
+    if single(args["padding"]) != 0:
+        raise NotFused(f"{spelling}: padding={args['padding']} averages padded windows (the op has none)")
+    x = fake_tensor(args["input"])
+    if args["ceil_mode"] is not False:
+        # ceil_mode adds a partial tail window unless the windows tile the sequence exactly
+        length = static_int(x.shape[-1])
+        if args["ceil_mode"] is not True or length is None or length < block or (length - block) % stride:
+            raise NotFused(f"{spelling}: ceil_mode keeps a partial tail window (the op has only full windows)")
+    seq_dim = x.dim() - 1
+    labels = tuple(x_label(k) if k != seq_dim else WINDOW for k in range(x.dim()))
+    source = WindowSource(node, args["input"], seq_dim, block, stride, spelling)
+    view = WindowView(args["input"], tuple(x_label(k) for k in range(x.dim())), nodes=[])
+    _check_sum_dtype(node, None, x, "avg_pool1d")
+    return source, view, Reduction("mean", node, labels, None, (), 1.0 / block, [node])
+
+
+#: recognisers that are window source and reduction at once
+POOLS: tuple[Callable[[fx.Node], Optional[tuple[WindowSource, WindowView, Reduction]]], ...] = (average_pool,)
+
 REDUCTIONS: tuple[Callable[[WindowView, fx.Node], Optional[Reduction]], ...] = (
     weighted_sum,
     window_einsum,
     window_mean,
+    window_matmul,
 )

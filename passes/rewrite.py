@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 import torch
 import torch.fx as fx
 
+from .checks import batch_dims
 from .candidate import OFFSET, UNIT, WINDOW, NotFused, Reduction, WindowSource, x_dim, x_label
 from .nodes import fake, fake_tensor, same_size, static_int
 
@@ -88,9 +89,8 @@ def build_input(b: GraphBuilder, plan: Plan) -> tuple[fx.Node, Optional[list[Any
     if fake_tensor(x).dtype != plan.dtype:
         x = b.method("to", x, plan.dtype)
     ndim = fake_tensor(x).dim()
-    others = [k for k in range(ndim) if k not in (src.seq_dim, plan.head)]
-    batch = [k for k in others if k < src.seq_dim]
-    features = [k for k in others if k > src.seq_dim]
+    batch = batch_dims(src.seq_dim, plan.head, ndim)
+    features = [k for k in range(ndim) if k not in (src.seq_dim, plan.head) and k not in batch]
     batch_sizes = [static_int(fake_tensor(x).shape[k]) for k in batch]
     fold_into_t = all(size is not None for size in batch_sizes)
     if not fold_into_t:  # a dynamic batch: keep one sequence, batch rows become channels

@@ -160,3 +160,32 @@ def test_internal_error_raises_in_strict_mode(monkeypatch):
     compiled = torch.compile(lambda k: k.unfold(0, L, STRIDE).mean(-1), backend=nsa_graph.backend(inner="eager"))
     with pytest.raises(Exception, match="recogniser bug"):
         compiled(_randn(S, N, D))
+
+
+def test_loop_that_skips_a_long_sequence_stays_per_sequence():
+    def f(x, w):  # the middle sequence [30, 60) is long enough to compress, but the user drops it
+        a = (x[0:30].unfold(0, L, STRIDE) * w.t()[:, None, :]).sum(-1)
+        b = (x[60:100].unfold(0, L, STRIDE) * w.t()[:, None, :]).sum(-1)
+        return torch.cat([a, b])
+
+    report = check_fusion(f, _randn(100, N, D), _randn(L, N, seed=1), fused=2)
+    (kept,) = report.unfused
+    assert "skips a sequence long enough" in kept.reason
+
+
+def test_windows_across_sequence_boundaries_fuse_as_one_sequence():
+    # one unfold over the packed tensor: windows cross the (unknown to the code) boundaries; the op must
+    # see exactly that: one sequence, no actual_seq_len
+    report = check_fusion(lambda x, w: (x.unfold(0, L, STRIDE) * w.t()[:, None, :]).sum(-1), _randn(100, N, D),
+                          _randn(L, N, seed=1), fused=1)
+    assert "sequences" not in report.fused[0].reason
+
+
+def test_avg_pool_with_padding_or_partial_ceil_window():
+    def f(k):
+        x = k.reshape(B, S, N * D).transpose(1, 2)
+        return F.avg_pool1d(x, L, STRIDE, padding=2), F.avg_pool1d(x, 11, STRIDE, ceil_mode=True)  # (40 - 11) % 4 != 0
+
+    report = check_fusion(lambda k: torch.cat([t.flatten() for t in f(k)]), _randn(B, S, N, D), fused=0)
+    reasons = " | ".join(c.reason for c in report.unfused)
+    assert len(report.unfused) == 2 and "padding=2" in reasons and "ceil_mode" in reasons

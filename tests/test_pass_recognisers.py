@@ -206,3 +206,68 @@ def test_dynamic_sequence_length_no_recompile(dynamic):
         torch.testing.assert_close(torch.autograd.grad(out, (k, w), g), torch.autograd.grad(f(k, w), (k, w), g))
     # dynamic=True: one graph; automatic dynamic: a static graph, then one dynamic graph for the rest
     assert counter.frame_count == (1 if dynamic else 2)
+
+
+# --- matmul / linear ----------------------------------------------------------------------------------
+
+
+def test_matmul_per_head_column():
+    def f(k, w):  # [B, W, N, D, l] @ [N, l, 1]
+        return (k.unfold(1, L, STRIDE) @ w.t().unsqueeze(-1)).squeeze(-1)
+
+    check_fusion(f, _randn(B, S, N, D), _randn(L, N, seed=1), fused=1)
+
+
+def test_matmul_shared_vector_and_linear_one_output():
+    import torch.nn.functional as F
+
+    def f(k, v):
+        a = k.unfold(1, L, STRIDE) @ v
+        b = F.linear(k.unfold(1, L, STRIDE), v.view(1, L)).squeeze(-1)
+        return a + b
+
+    check_fusion(f, _randn(B, S, N, D), _randn(L, seed=1), fused=2)
+
+
+# --- avg_pool -----------------------------------------------------------------------------------------
+
+
+def test_avg_pool1d_over_channels_first():
+    import torch.nn.functional as F
+
+    def f(k):  # XunhaoLai avgpool: [B, S, N, D] -> [B, N*D, S] -> pool
+        return F.avg_pool1d(k.reshape(B, S, N * D).transpose(1, 2), kernel_size=L, stride=STRIDE)
+
+    check_fusion(f, _randn(B, S, N, D), fused=1)
+
+
+# --- Python loops over static sequence boundaries -----------------------------------------------------
+
+
+def _per_sequence_loop(cu, block, stride):
+    def f(x, w):
+        outs = []
+        for b in range(len(cu) - 1):
+            s, e = cu[b], cu[b + 1]
+            if e - s >= block:  # sequences shorter than a window contribute nothing
+                outs.append((x[s:e].unfold(0, block, stride) * w.t()[:, None, :]).sum(-1))
+        return torch.cat(outs)
+
+    return f
+
+
+def test_loop_over_sequences_becomes_one_op_with_actual_seq_len():
+    cu = [0, 30, 35, 80, 120]  # [30, 35) is shorter than a window: skipped by the loop
+    capture = GraphCapture()
+    report = check_fusion(_per_sequence_loop(cu, L, STRIDE), _randn(120, N, D), _randn(L, N, seed=1), fused=1,
+                          inner=capture.backend)
+    assert "3 pieces merged" in report.fused[0].reason
+    fw = [n for gm in capture.forward for n in gm.graph.nodes if n.target == torch.ops.nsa_graph.nsa_compress.default]
+    assert len(fw) == 1 and fw[0].kwargs["actual_seq_len"] == [30, 35, 80, 120]
+    bw = [n for gm in capture.backward for n in gm.graph.nodes
+          if n.target == torch.ops.nsa_graph.nsa_compress_grad.default]
+    assert len(bw) == 1
+
+
+def test_loop_starting_inside_the_tensor():
+    check_fusion(_per_sequence_loop([10, 40, 64], L, STRIDE), _randn(70, N, D), _randn(L, N, seed=1), fused=1)
