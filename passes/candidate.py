@@ -49,6 +49,8 @@ class WindowView:
     #: the dtype conversion applied to the windows on the way (``u.float()``), if any
     cast: Optional[fx.Node] = None
     nodes: list[fx.Node] = field(default_factory=list)
+    #: tensors added to the windows on the way (``u + pe``), each with the window labels at that point
+    biases: tuple[tuple[fx.Node, tuple[str, ...]], ...] = ()
 
     @property
     def dtype(self) -> torch.dtype:

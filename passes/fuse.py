@@ -58,14 +58,16 @@ def _consumers(root: WindowView) -> str:
 def _plan(source: WindowSource, view: WindowView, reduction: Reduction) -> rewrite.Plan:
     checks.check_result(source, view, reduction)
     weight = [reduction.weight] if reduction.weight is not None else []
-    checks.check_no_mutation([source.x] + weight + view.nodes + reduction.nodes)
+    biases = [pe for pe, _ in view.biases]
+    checks.check_no_mutation([source.x] + weight + biases + view.nodes + reduction.nodes)
     x = fake_tensor(source.x)
     back = checks.cast_back(view, reduction, x)
     if back is not None:
         dtype, replaced = x.dtype, back
     else:
         dtype, replaced = fake_tensor(reduction.result).dtype, reduction.result
-    return rewrite.Plan(source, reduction, checks.head_dim(source, reduction, x.dim()), dtype, replaced)
+    return rewrite.Plan(source, reduction, checks.head_dim(source, reduction, x.dim()), dtype, replaced,
+                        view_biases=view.biases)
 
 
 def _describe(plan: rewrite.Plan, op: fx.Node) -> str:
@@ -92,7 +94,8 @@ def _fuse_candidate(graph: fx.Graph, node: fx.Node, found, target: Target, repor
                                 "sum or mean over the window axis")
             report.candidates.append(Candidate(source.spelling, where, False, reason, source.block, source.stride))
         return
-    spelling = f"{source.spelling} -> {reduction.spelling}"
+    pe = " + positional embedding (a bias after the op)" if view.biases else ""
+    spelling = f"{source.spelling}{pe} -> {reduction.spelling}"
     try:
         plan = _plan(source, view, reduction)
         check = npu_unsupported_reason if target == "npu" else None

@@ -26,6 +26,7 @@ _FUNCTIONS: dict[str, tuple[Any, ...]] = {
     "unsqueeze": (torch.unsqueeze, torch.Tensor.unsqueeze),
     "contiguous": (torch.Tensor.contiguous,),
     "clone": (torch.clone, torch.Tensor.clone),
+    "add": (operator.add, torch.add, torch.Tensor.add),
     "mul": (operator.mul, torch.mul, torch.Tensor.mul, torch.multiply),
     "sum": (torch.sum, torch.Tensor.sum),
     "mean": (torch.mean, torch.Tensor.mean),

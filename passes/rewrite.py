@@ -75,7 +75,8 @@ class Plan:
     head: Optional[int]  # x dim used as N (None: weight shared by heads, N = 1)
     dtype: torch.dtype  # the op's dtype
     replaced: fx.Node  # the node whose uses the op's result takes over
-    weight_exact_in_dtype: bool = True
+    #: tensors added inside the windows before the reduction, with the window labels where they were added
+    view_biases: tuple = ()
 
 
 def _permute(b: GraphBuilder, node: fx.Node, order: list[int]) -> fx.Node:
@@ -174,6 +175,35 @@ def build_output(b: GraphBuilder, plan: Plan, out: fx.Node, out_labels: list[str
     return y
 
 
+def build_bias(b: GraphBuilder, plan: Plan, w: fx.Node, pe: fx.Node, labels: tuple[str, ...]) -> fx.Node:
+    """``Σ_j w[j, head] * pe[.., j, ..]`` in the reduction's layout, for ``pe`` added to windows labelled ``labels``."""
+    ndim = len(labels)
+    pe_full = b.function(operator.getitem, pe, (None,) * (ndim - fake_tensor(pe).dim()) + (Ellipsis,))
+    j = labels.index(OFFSET)
+    head = labels.index(x_label(plan.head)) if plan.head is not None else None
+    if head is not None and head < j:
+        w = b.method("t", w)  # [N, l]: the weight's dims in the windows' order
+    shape = [1] * ndim
+    shape[j] = plan.source.block
+    if head is not None:
+        shape[head] = b.size(w, 0 if head < j else 1)
+    w_full = b.method("reshape", w, tuple(shape))
+    bias = b.method("sum", b.function(operator.mul, pe_full, w_full), j)
+    kept = [lab for k, lab in enumerate(labels) if k != j]
+    units = tuple(k for k, lab in enumerate(kept) if lab == UNIT)
+    if units:
+        bias = b.method("squeeze", bias, units)
+    kept = [lab for lab in kept if lab != UNIT]
+    target = [lab for lab in plan.reduction.labels if lab != UNIT]
+    order = [kept.index(lab) for lab in target]
+    if order != sorted(order):
+        bias = b.method("permute", bias, order)
+    for k, lab in enumerate(plan.reduction.labels):
+        if lab == UNIT:
+            bias = b.method("unsqueeze", bias, k)
+    return bias
+
+
 def apply(graph: fx.Graph, plan: Plan, domain_check: Optional[Callable[..., Optional[str]]] = None) -> fx.Node:
     """Insert the op for ``plan`` and redirect the replaced node's users to it; returns the op node.
 
@@ -192,6 +222,8 @@ def apply(graph: fx.Graph, plan: Plan, domain_check: Optional[Callable[..., Opti
         kwargs = {"actual_seq_len": seq_len} if seq_len is not None else {}
         op = b.function(torch.ops.nsa_graph.nsa_compress.default, xt, w, src.block, src.stride, **kwargs)
         y = build_output(b, plan, op, out_labels, src.x)
+        for pe, labels in plan.view_biases:
+            y = b.function(operator.add, y, build_bias(b, plan, w, pe, labels))
         expected, got = fake_tensor(plan.replaced), fake_tensor(y)
         if got.dtype != expected.dtype or got.dim() != expected.dim() or not all(
             same_size(a, e) for a, e in zip(got.shape, expected.shape)

@@ -123,6 +123,8 @@ def _permutation(node: fx.Node, ndim: int) -> Optional[list[int]]:
 
 def follow_layout(view: WindowView, user: fx.Node) -> Optional[WindowView]:
     """The windows after a layout op (permute, transpose, movedim, unsqueeze, contiguous, a float cast)."""
+    if op_name(user) == "add":
+        return _added_bias(view, user)
     if not user.args or user.args[0] is not view.node:
         return None
     if any(arg is view.node for arg in list(user.args[1:]) + list(user.kwargs.values())):
@@ -143,11 +145,32 @@ def follow_layout(view: WindowView, user: fx.Node) -> Optional[WindowView]:
         if dtype is not None and dtype.is_floating_point and cast is None:
             labels, cast = list(view.labels), user
     if labels is None:
-        return None
+        return _added_bias(view, user)
     out = fake_tensor(user)
     if out is None or out.dim() != len(labels):
         return None
-    return WindowView(user, tuple(labels), cast=cast, nodes=view.nodes + [user])
+    return WindowView(user, tuple(labels), cast=cast, nodes=view.nodes + [user], biases=view.biases)
+
+
+def _added_bias(view: WindowView, user: fx.Node) -> Optional[WindowView]:
+    """``u + pe``: a positional embedding added inside every window.
+
+    ``Σ_j w_j (x_j + pe_j) = Σ_j w_j x_j + Σ_j w_j pe_j``: the op computes the first sum, the rewrite adds
+    the second as a bias after it. ``pe`` may broadcast along any dim, but must not enlarge the windows.
+    """
+    if op_name(user) != "add" or len(user.args) != 2 or user.kwargs:
+        return None
+    a, b = user.args
+    pe = b if a is view.node else a
+    if not isinstance(pe, fx.Node) or pe is view.node:
+        return None
+    windows, bias, out = fake_tensor(view.node), fake_tensor(pe), fake_tensor(user)
+    if bias is None or out is None or bias.dim() > windows.dim() or out.dtype != windows.dtype:
+        return None
+    if out.dim() != windows.dim() or not all(same_size(o, w) for o, w in zip(out.shape, windows.shape)):
+        return None  # the add broadcasts the windows themselves: not a bias inside each window
+    return WindowView(user, view.labels, cast=view.cast, nodes=view.nodes + [user],
+                      biases=view.biases + ((pe, view.labels),))
 
 
 def layouts(view: WindowView) -> Iterator[WindowView]:

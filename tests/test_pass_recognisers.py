@@ -271,3 +271,29 @@ def test_loop_over_sequences_becomes_one_op_with_actual_seq_len():
 
 def test_loop_starting_inside_the_tensor():
     check_fusion(_per_sequence_loop([10, 40, 64], L, STRIDE), _randn(70, N, D), _randn(L, N, seed=1), fused=1)
+
+
+# --- positional embeddings ----------------------------------------------------------------------------
+
+
+def test_pe_added_inside_the_window_becomes_a_bias():
+    def f(k, w, pe):  # pe [l, D] added to every window, then a per-head weighted sum
+        return ((k.unfold(1, L, STRIDE) + pe.t()) * w.t()[None, None, :, None, :]).sum(-1)
+
+    report = check_fusion(f, _randn(B, S, N, D), _randn(L, N, seed=1), _randn(L, D, seed=2), fused=1)
+    assert "positional embedding" in report.fused[0].spelling
+
+
+def test_pe_shared_weight_mean_in_bnld_layout():
+    def f(k, v, pe):  # mdy666 Qwen-NSA: windows [B, N, W, l, D] + pe[l, D], times w[l], mean over l
+        u = k.unfold(1, L, STRIDE).permute(0, 2, 1, 4, 3)
+        return ((u + pe) * v[:, None]).mean(3)
+
+    check_fusion(f, _randn(B, S, N, D), _randn(L, seed=1), _randn(L, D, seed=2), fused=1)
+
+
+def test_pe_with_einsum_and_a_bias_added_after():
+    def f(k, w, pe, bias):
+        return torch.einsum("bwndl,ln->bwnd", k.unfold(1, L, STRIDE) + pe.t(), w) + bias
+
+    check_fusion(f, _randn(B, S, N, D), _randn(L, N, seed=1), _randn(L, D, seed=2), _randn(N, D, seed=3), fused=1)
