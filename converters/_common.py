@@ -9,6 +9,8 @@ from torchair._ge_concrete_graph import ge_apis as ge
 from torchair._ge_concrete_graph import ge_ir_pb2
 from torchair.ge import Const, DataType, Tensor, attr
 
+from nsa_graph.contract import NPU_DTYPES, NsaCompressError, npu_unsupported_reason
+
 LAYOUT = "TND"  # the only layout torch_npu passes (and the kernel accepts)
 ACT_SEQ_LEN_TYPE = 0  # prefix sums; the only value the forward and grad kernels accept
 
@@ -49,6 +51,26 @@ def _static_dim0(input: Tensor) -> Optional[int]:
         return t if isinstance(t, int) else t.node.maybe_as_int()  # a SymInt may still be a constant
     dims = list(input.desc.shape.dim)  # a GE tensor built by hand: -1 marks a dynamic dim
     return dims[0] if dims and dims[0] >= 0 else None
+
+
+def check_npu_domain(input: Tensor, weight: Tensor, block: int, stride: int, op_type: str) -> None:
+    """Refuse, when the graph is built, a lowering the NPU kernel would reject (fp32, unaligned l/d, D > 256...).
+
+    Uses the FX meta torchair attaches to each GE tensor. With a dynamic N or D only the dtypes can be
+    checked here; the kernel checks the sizes once they are known.
+    """
+    x, w = input.meta, weight.meta
+    if not (isinstance(x, torch.Tensor) and isinstance(w, torch.Tensor)):
+        return  # a GE tensor built by hand: there is no torch meta to check
+    heads_and_dim = list(x.shape[1:]) if x.dim() == 3 else []
+    if any(isinstance(s, torch.SymInt) and s.node.maybe_as_int() is None for s in heads_and_dim):
+        reason = None
+        if x.dtype not in NPU_DTYPES or w.dtype != x.dtype:
+            reason = f"input/weight dtypes {x.dtype}/{w.dtype}: the NPU kernel takes fp16 or bf16, the same for both"
+    else:
+        reason = npu_unsupported_reason(x, w, block, stride)
+    if reason is not None:
+        raise NsaCompressError(f"cannot lower to GE {op_type}: outside the NPU kernel's domain: {reason}")
 
 
 def compress_attrs(block: int, stride: int) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from torchair.ge import Tensor, custom_op
 
 from nsa_graph.contract import NsaCompressError, check_compress_args, output_rows
 
-from ._common import compress_attrs, has_fake_impl, seq_len_input, torch_npu_op
+from ._common import check_npu_domain, compress_attrs, has_fake_impl, seq_len_input, torch_npu_op
 
 SUPPORTED = [
     Support(BF16(64, 4, 128), BF16(32, 4), 32, 16),
@@ -46,6 +46,7 @@ def convert_nsa_compress(
     actual_seq_len: Union[None, Sequence[int], Tensor] = None,
     meta_outputs=None,
 ) -> Tensor:
+    check_npu_domain(input, weight, compress_block_size, compress_stride, "NsaCompress")
     return nsa_compress_node(input, weight, compress_block_size, compress_stride,
                              seq_len_input(input, actual_seq_len))
 

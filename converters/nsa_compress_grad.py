@@ -21,7 +21,7 @@ from torchair.ge import Tensor, custom_op
 
 from nsa_graph.contract import NsaCompressError, check_compress_args
 
-from ._common import compress_attrs, has_fake_impl, seq_len_input, torch_npu_op
+from ._common import check_npu_domain, compress_attrs, has_fake_impl, seq_len_input, torch_npu_op
 
 SUPPORTED = [
     Support(BF16(3, 4, 128), BF16(64, 4, 128), BF16(32, 4), 32, 16),
@@ -51,6 +51,7 @@ def convert_nsa_compress_grad(
     actual_seq_len: Union[None, Sequence[int], Tensor] = None,
     meta_outputs=None,
 ) -> tuple[Tensor, Tensor]:
+    check_npu_domain(input, weight, compress_block_size, compress_stride, "NsaCompressGrad")
     return nsa_compress_grad_node(grad, input, weight, compress_block_size, compress_stride,
                                   seq_len_input(input, actual_seq_len))
 

@@ -256,3 +256,16 @@ def test_npu_compiled_torch_npu_op_matches_the_cpu_kernel(torchair, npu_backend)
 
     got = torch.compile(f, backend=npu_backend)(kv.npu(), w.npu())
     torch.testing.assert_close(got.cpu(), expected, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype,head_dim,reason", [
+    (torch.float32, 64, "dtype float32 is not fp16/bf16"),
+    (torch.float16, 72, "head dim D=72 must be a multiple of 16"),
+])
+def test_cases_outside_the_npu_kernels_domain_fail_the_compile_clearly(ge_recorder, npu_backend, dtype, head_dim,
+                                                                        reason):
+    compiled = torch.compile(lambda kv, w: nsa_graph.nsa_compress(kv, w, L, D), backend=npu_backend)
+    with pytest.raises(torch._dynamo.exc.BackendCompilerFailed, match=reason) as info:
+        compiled(torch.randn(64, 4, head_dim, dtype=dtype), torch.randn(L, 4, dtype=dtype))
+    assert "cannot lower to GE NsaCompress" in str(info.value)
+    assert ge_recorder.recorded_graphs() == []  # refused while building the graph, before GE
