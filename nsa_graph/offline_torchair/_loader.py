@@ -86,7 +86,8 @@ def _restore(handlers: dict) -> None:
     # torchair installs SIGINT/SIGTERM handlers that finalize GE and then ignore the signal; offline there
     # is no GE to finalize, and Ctrl-C (or a CI timeout's SIGTERM) must keep working
     for sig, handler in handlers.items():
-        signal.signal(sig, handler)
+        if handler is not None:  # None: installed outside Python, nothing we can put back
+            signal.signal(sig, handler)
 
 
 def load_torchair(fetch: bool = False) -> types.ModuleType:
