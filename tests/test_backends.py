@@ -104,10 +104,15 @@ def test_auto_target_is_npu_for_torchair_like_inner():
     assert counters["nsa_graph"]["fused"] == 0 and counters["nsa_graph"]["unfused"] == 1
 
 
-def test_install_inductor_pass_for_plain_inductor(monkeypatch):
+def test_install_inductor_pass_for_plain_inductor():
     from torch._inductor import config
 
-    monkeypatch.setattr(config, "pre_grad_custom_pass", None)
+    # config.patch restores the setting afterwards (monkeypatch would delete the config entry on undo)
+    with config.patch(pre_grad_custom_pass=None):
+        _check_install_inductor_pass(config)
+
+
+def _check_install_inductor_pass(config):
     installed = install_inductor_pass()
     assert config.pre_grad_custom_pass is installed and isinstance(installed, NsaCompressPreGradPass)
     assert install_inductor_pass() is config.pre_grad_custom_pass  # idempotent: one instance installed
