@@ -29,7 +29,7 @@ SUPPORTED = [
 
 
 def nsa_compress_node(input: Tensor, weight: Tensor, block: int, stride: int, seq: Tensor) -> Tensor:
-    """One ``NsaCompress`` node, inputs and attributes in the IR's order."""
+    """One ``NsaCompress`` node: inputs in the IR's order (GE matches attributes by name)."""
     return custom_op(
         "NsaCompress",
         inputs={"input": input, "weight": weight, "actSeqLenOptional": seq},

@@ -7,7 +7,8 @@ The backward of :func:`nsa_graph.nsa_compress` is one ``nsa_compress_grad`` call
     #                    compressBlockSize=32, compressStride=16, actSeqLenType=0, layoutOptional="TND")
     #    outputs inputGrad, weightGrad
 
-Note the IR's attribute order differs from the forward's (layout last).
+The IR lists its attributes in a different order from the forward's (layout last); that order matters only to
+the positional form of ``custom_op``, which these converters do not use.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ SUPPORTED = [
 
 def nsa_compress_grad_node(grad: Tensor, input: Tensor, weight: Tensor, block: int, stride: int,
                            seq: Tensor) -> tuple[Tensor, Tensor]:
-    """One ``NsaCompressGrad`` node, inputs and attributes in the IR's order."""
+    """One ``NsaCompressGrad`` node: inputs in the IR's order (GE matches attributes by name)."""
     input_grad, weight_grad = custom_op(
         "NsaCompressGrad",
         inputs={"outputGrad": grad, "input": input, "weight": weight, "actSeqLenOptional": seq},
