@@ -183,3 +183,22 @@ def test_loading_keeps_the_processs_signal_handlers(offline):
     env = {"TORCH_DEVICE_BACKEND_AUTOLOAD": "0", "NSA_GRAPH_CACHE": str(_fetch.cache_dir()), "PATH": "/usr/bin:/bin"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_torchairs_positional_custom_op_follows_the_served_ir_order(offline):
+    from torchair.ge import DataType, custom_op
+    from torchair.ge._ge_graph import Const, Data, GeGraph
+
+    with GeGraph(name="positional") as graph:
+        g = Data(index=0, dtype=DataType.DT_BF16, shape=[5, 4, 64], placement="NPU")
+        x = Data(index=1, dtype=DataType.DT_BF16, shape=[128, 4, 64], placement="NPU")
+        w = Data(index=2, dtype=DataType.DT_BF16, shape=[32, 4], placement="NPU")
+        seq = Const([40, 128], dtype=DataType.DT_INT64)
+        custom_op("NsaCompressGrad", g, x, w, seq, 32, 16, 0, "TND")  # IR order: layout is the last attribute
+    node = next(op for op in graph.op if op.type == "NsaCompressGrad")
+    assert [d.name for d in node.input_desc] == ["outputGrad", "input", "weight", "actSeqLenOptional"]
+    assert {k: node.attr[k].WhichOneof("value") for k in node.attr if not k.startswith("_")} == {
+        "compressBlockSize": "i", "compressStride": "i", "actSeqLenType": "i", "layoutOptional": "s"}
+    assert node.attr["layoutOptional"].s == b"TND" and node.attr["compressStride"].i == 16
+    assert [d.name for d in node.output_desc] == ["inputGrad", "weightGrad"]
+    assert ota.ir_problems(graph._proto) == []
