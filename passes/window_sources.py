@@ -103,8 +103,14 @@ WINDOW_SOURCES: tuple[Callable[[fx.Node], Optional[tuple[WindowSource, WindowVie
 def _permutation(node: fx.Node, ndim: int) -> Optional[list[int]]:
     """Which input dim each output dim of a permute/transpose/movedim comes from (static dims only)."""
     name = op_name(node)
-    dims = varargs(node)
-    if any(static_int(d) is None and not isinstance(d, (list, tuple)) for d in dims):
+    def resolve(value):
+        if isinstance(value, (list, tuple)):
+            items = [resolve(v) for v in value]
+            return None if any(v is None for v in items) else type(value)(items)
+        return static_int(value)
+
+    dims = resolve(varargs(node))
+    if dims is None:
         return None
     probe = torch.empty(tuple(range(2, ndim + 2)), device="meta")  # distinct sizes identify the dims
     try:
