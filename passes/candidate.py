@@ -38,6 +38,10 @@ class WindowSource:
     block: int
     stride: int
     spelling: str
+    #: only tokens ``[start, end)`` of the sequence dim are compressed (static)
+    span: Optional[tuple[int, int]] = None
+    #: prefix sums of the sequences inside the span (several sequences packed along the sequence dim)
+    seq_bounds: Optional[list[int]] = None
 
 
 @dataclass

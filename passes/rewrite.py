@@ -87,6 +87,9 @@ def build_input(b: GraphBuilder, plan: Plan) -> tuple[fx.Node, Optional[list[Any
     """x as TND, its ``actual_seq_len`` and the labels of the op output's unflattened dims."""
     src = plan.source
     x = src.x
+    if src.span is not None:
+        start, end = src.span
+        x = b.method("narrow", x, src.seq_dim, start, end - start)
     if fake_tensor(x).dtype != plan.dtype:
         x = b.method("to", x, plan.dtype)
     ndim = fake_tensor(x).dim()
@@ -110,6 +113,10 @@ def build_input(b: GraphBuilder, plan: Plan) -> tuple[fx.Node, Optional[list[Any
     rows = 1
     for size in (static_int(fake_tensor(x).shape[k]) for k in batch):
         rows *= size
+    if src.seq_bounds is not None and batch:
+        raise NotFused("packed sequences inside a batched tensor are not supported")
+    if src.seq_bounds is not None and len(src.seq_bounds) > 1:
+        seq_len = list(src.seq_bounds)
     if rows > 1:
         S = b.size(x, src.seq_dim)
         seq_len = [S * (i + 1) if isinstance(S, int) else b.function(operator.mul, S, i + 1) for i in range(rows)]

@@ -92,9 +92,69 @@ def block_view_windows(node: fx.Node) -> Optional[tuple[WindowSource, WindowView
     return None
 
 
+def strided_windows(node: fx.Node) -> Optional[tuple[WindowSource, WindowView]]:
+    """``as_strided`` windows: one output dim steps ``d`` tokens, another steps 1 token, ``l`` of them.
+
+    Matches, e.g.::
+
+        u = k.as_strided((B, H, W, l, D), (k.stride(0), k.stride(1), d * k.stride(2), k.stride(2), k.stride(3)))
+
+    Every other output dim must be a whole dim of ``x`` (same size and stride), and the windows must lie
+    inside the sequence (``as_strided`` would otherwise read the next row's memory).
+    """
+    if op_name(node) != "as_strided":
+        return None
+    args = bind(node, ("self", "size", "stride", "storage_offset"), {"storage_offset": None})
+    if args is None or not isinstance(args["self"], fx.Node) or fake_tensor(args["self"]) is None:
+        return None
+    x = fake_tensor(args["self"])
+    sizes = [static_int(v) for v in args["size"]] if isinstance(args["size"], (list, tuple)) else [None]
+    strides = [static_int(v) for v in args["stride"]] if isinstance(args["stride"], (list, tuple)) else [None]
+    x_sizes, x_strides = [static_int(v) for v in x.shape], [static_int(v) for v in x.stride()]
+    offset = args["storage_offset"]
+    spelling = f"as_strided({tuple(args['size'])}, {tuple(args['stride'])})"
+    if None in sizes + strides + x_sizes + x_strides or len(sizes) != len(strides):
+        raise NotFused(f"{spelling}: sizes and strides must be static")
+    if offset is not None and static_int(offset) != static_int(x.storage_offset()):
+        raise NotFused(f"{spelling}: a storage offset other than x's shifts the windows")
+    dims = sorted((x_strides[j], x_sizes[j]) for j in range(x.dim()) if x_sizes[j] > 1)
+    if any(outer < inner * size for (inner, size), (outer, _) in zip(dims, dims[1:])):
+        raise NotFused(f"{spelling}: x overlaps itself; its strides do not name its dims")
+    labels: list[Optional[str]] = [None] * len(sizes)
+    used: set[int] = set()
+    for k, (size, stride) in enumerate(zip(sizes, strides)):
+        matches = [j for j in range(x.dim()) if x_strides[j] == stride and x_sizes[j] == size and size > 1]
+        if size == 1:  # size-1 dims carry no stride information: pair them with x's size-1 dims in order
+            ones = [j for j in range(x.dim()) if x_sizes[j] == 1 and j not in used]
+            labels[k] = x_label(ones[0]) if ones else UNIT
+            used.update(ones[:1])
+        elif len(matches) == 1 and matches[0] not in used:
+            labels[k] = x_label(matches[0])
+            used.add(matches[0])
+    rest = [k for k, lab in enumerate(labels) if lab is None]
+    for seq_dim in (j for j in range(x.dim()) if j not in used):
+        unit = x_strides[seq_dim]
+        j_dims = [k for k in rest if strides[k] == unit]
+        w_dims = [k for k in rest if k not in j_dims and strides[k] % unit == 0 and strides[k] > 0]
+        if len(rest) != 2 or len(j_dims) != 1 or len(w_dims) != 1:
+            continue
+        block, windows, stride = sizes[j_dims[0]], sizes[w_dims[0]], strides[w_dims[0]] // unit
+        if (windows - 1) * stride + block > x_sizes[seq_dim]:
+            raise NotFused(f"{spelling}: the last window ends past the sequence (reads another row's memory)")
+        labels[j_dims[0]], labels[w_dims[0]] = OFFSET, WINDOW
+        if used != set(range(x.dim())) - {seq_dim}:
+            raise NotFused(f"{spelling}: the view drops or repeats dims of x")
+        span = (0, (windows - 1) * stride + block)
+        source = WindowSource(node, args["self"], seq_dim, block, stride, spelling,
+                              span=None if span[1] == x_sizes[seq_dim] else span)
+        return source, WindowView(node, tuple(labels), nodes=[node])
+    raise NotFused(f"{spelling}: no dim of x is read as (window step d, offset 1)")
+
+
 WINDOW_SOURCES: tuple[Callable[[fx.Node], Optional[tuple[WindowSource, WindowView]]], ...] = (
     unfold_windows,
     block_view_windows,
+    strided_windows,
 )
 
 

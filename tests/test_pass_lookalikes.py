@@ -189,3 +189,14 @@ def test_avg_pool_with_padding_or_partial_ceil_window():
     report = check_fusion(lambda k: torch.cat([t.flatten() for t in f(k)]), _randn(B, S, N, D), fused=0)
     reasons = " | ".join(c.reason for c in report.unfused)
     assert len(report.unfused) == 2 and "padding=2" in reasons and "ceil_mode" in reasons
+
+
+def test_as_strided_window_past_the_sequence():
+    def f(k):  # 9 windows of 8 every 4 need 40 tokens of... 9th ends at 40 = S: fine; 10 would read past it
+        b, h, s, d = k.shape
+        u = k[:1].as_strided((1, h, 10, L, d), (k.stride(0), k.stride(1), STRIDE * k.stride(2), k.stride(2),
+                                                k.stride(3)))
+        return u.mean(3)
+
+    reason = _only_reason(check_fusion(f, _randn(B, N, S, D), fused=0))
+    assert "past the sequence" in reason

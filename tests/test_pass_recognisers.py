@@ -297,3 +297,23 @@ def test_pe_with_einsum_and_a_bias_added_after():
         return torch.einsum("bwndl,ln->bwnd", k.unfold(1, L, STRIDE) + pe.t(), w) + bias
 
     check_fusion(f, _randn(B, S, N, D), _randn(L, N, seed=1), _randn(L, D, seed=2), _randn(N, D, seed=3), fused=1)
+
+
+# --- as_strided -----------------------------------------------------------------------------------------
+
+
+def _strided(k, windows):
+    b, h, s, d = k.shape
+    return k.as_strided((b, h, windows, L, d), (k.stride(0), k.stride(1), STRIDE * k.stride(2), k.stride(2),
+                                                k.stride(3)))
+
+
+def test_as_strided_windows_einsum_weight_n_l():
+    def f(k, w):  # XunhaoLai weightedpool: windows [B, H, W, l, D], w [H, l]
+        return torch.einsum("bhwkd,hk->bwhd", _strided(k, (S - L) // STRIDE + 1), w)
+
+    check_fusion(f, _randn(B, N, S, D), _randn(N, L, seed=1), fused=1)
+
+
+def test_as_strided_first_windows_only_and_batch_of_one():
+    check_fusion(lambda k: _strided(k, 3).mean(3), _randn(1, N, S, D), fused=1)
