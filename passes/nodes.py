@@ -19,6 +19,7 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 _FUNCTIONS: dict[str, tuple[Any, ...]] = {
     "unfold": (torch.Tensor.unfold,),
     "view": (torch.Tensor.view,),
+    "index_select": (torch.index_select, torch.Tensor.index_select),
     "as_strided": (torch.as_strided, torch.Tensor.as_strided),
     "reshape": (torch.reshape, torch.Tensor.reshape),
     "permute": (torch.permute, torch.Tensor.permute),

@@ -151,8 +151,109 @@ def strided_windows(node: fx.Node) -> Optional[tuple[WindowSource, WindowView]]:
     raise NotFused(f"{spelling}: no dim of x is read as (window step d, offset 1)")
 
 
+def _gather(node: fx.Node) -> Optional[tuple[fx.Node, fx.Node]]:
+    """``x[idx]`` or ``x.index_select(0, idx)`` with a tensor index on dim 0 -> (x, idx)."""
+    if node.op != "call_function" and node.op != "call_method":
+        return None
+    if getattr(node.target, "__name__", None) == "getitem" and len(node.args) == 2:
+        x, index = node.args
+        index = index[0] if isinstance(index, tuple) and len(index) == 1 else index
+    elif op_name(node) == "index_select" and len(node.args) == 3 and static_int(node.args[1]) == 0:
+        x, index = node.args[0], node.args[2]
+    else:
+        return None
+    if not isinstance(x, fx.Node) or not isinstance(index, fx.Node) or fake_tensor(index) is None:
+        return None
+    if fake_tensor(x) is None or fake_tensor(index).dtype in (torch.bool, torch.uint8):
+        return None
+    return x, index
+
+
+def _decode_windows(index: torch.Tensor, length: int, spelling: str) -> tuple[int, int, tuple[int, int], list[int]]:
+    """Read ``[rows, l]`` token indices as windows: (l, d, (start, end), sequence prefix sums in the span)."""
+    rows, block = index.shape
+    if rows == 0 or block == 0:
+        raise NotFused(f"{spelling}: no windows")
+    if not bool((index == index[:, :1] + torch.arange(block)).all()):
+        raise NotFused(f"{spelling}: the gathered rows are not runs of consecutive tokens")
+    starts = index[:, 0].tolist()
+    if starts[0] < 0 or starts[-1] + block > length:
+        raise NotFused(f"{spelling}: indices outside [0, {length})")
+    diffs = [b - a for a, b in zip(starts, starts[1:])]
+    positive = [g for g in diffs if g > 0]
+    stride = max(set(positive), key=positive.count) if positive else block
+    # runs of windows `stride` apart are sequences; each sequence ends where the next one starts
+    bounds, run_start, count = [], starts[0], 1
+    for prev, nxt in zip(starts, starts[1:]):
+        if nxt - prev == stride:
+            count += 1
+            continue
+        end_min = prev + block  # the run's last window must end inside its sequence
+        if nxt < end_min:
+            raise NotFused(f"{spelling}: windows of consecutive sequences overlap (a window at {nxt} starts "
+                           f"before the previous one ends at {end_min})")
+        seq_len = nxt - run_start
+        if seq_len - block >= count * stride:  # room for one more window: the gap is its own sequence
+            if nxt - end_min >= block:
+                raise NotFused(f"{spelling}: tokens [{end_min}, {nxt}) are skipped although they hold a window")
+            bounds.append(end_min - starts[0])
+        bounds.append(nxt - starts[0])
+        run_start, count = nxt, 1
+    end = starts[-1] + block
+    bounds.append(end - starts[0])
+    return block, stride, (starts[0], end), bounds
+
+
+def gathered_windows(node: fx.Node) -> Optional[tuple[WindowSource, WindowView]]:
+    """A gather whose indices are compile-time constants enumerating full windows ``s_b + i*d + j``.
+
+    Matches, e.g.::
+
+        idx = torch.arange(0, S - l + 1, d)[:, None] + torch.arange(l)      # [W, l]
+        u = k[idx]                                                           # TND -> [W, l, N, D]
+        u = k.index_select(0, idx.flatten()).view(-1, l, N, D)               # MiniCPM4 CompressK style
+
+    Several runs of windows become packed sequences (``actual_seq_len``). Indices computed from a graph
+    input (e.g. ``cu_seqlens`` passed as a tensor) are opaque: reported, not fused.
+    """
+    from .constants import constant_value
+
+    view = None
+    found = _gather(node)
+    if found is None and op_name(node) in ("view", "reshape") and isinstance(node.args[0], fx.Node):
+        found, view = _gather(node.args[0]), node
+        if found is None or fake_tensor(found[1]).dim() != 1:
+            return None
+    if found is None:
+        return None
+    x_node, index_node = found
+    x = fake_tensor(x_node)
+    spelling = "gather " + ("+ view " if view is not None else "") + "of windows"
+    if view is None and fake_tensor(index_node).dim() != 2:
+        return None  # a 1-D gather is windows only once viewed as [rows, l]
+    index = constant_value(index_node)
+    length = static_int(x.shape[0])
+    if not isinstance(index, torch.Tensor) or length is None:
+        raise NotFused(f"{spelling}: the indices are not compile-time constants (computed from an input)")
+    if view is not None:
+        out = fake_tensor(view)
+        block = static_int(out.shape[1]) if out.dim() == x.dim() + 1 else None
+        tail_ok = out.dim() == x.dim() + 1 and all(same_size(a, b) for a, b in zip(out.shape[2:], x.shape[1:]))
+        if block is None or not tail_ok or index.numel() % block:
+            return None
+        index = index.reshape(-1, block)
+    block, stride, span, bounds = _decode_windows(index, length, spelling)
+    labels = (WINDOW, OFFSET) + tuple(x_label(k) for k in range(1, x.dim()))
+    source_node = view if view is not None else node
+    source = WindowSource(source_node, x_node, 0, block, stride, spelling,
+                          span=None if span == (0, length) else span, seq_bounds=bounds)
+    nodes = [node] if view is None else [view.args[0], view]
+    return source, WindowView(source_node, labels, nodes=nodes)
+
+
 WINDOW_SOURCES: tuple[Callable[[fx.Node], Optional[tuple[WindowSource, WindowView]]], ...] = (
     unfold_windows,
+    gathered_windows,  # before block views: a gather + view is windows of x, not blocks of the gathered copy
     block_view_windows,
     strided_windows,
 )

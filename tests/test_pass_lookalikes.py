@@ -200,3 +200,18 @@ def test_as_strided_window_past_the_sequence():
 
     reason = _only_reason(check_fusion(f, _randn(B, N, S, D), fused=0))
     assert "past the sequence" in reason
+
+
+def test_gather_indices_from_an_input_are_opaque():
+    idx = torch.arange(0, 32, STRIDE)[:, None] + torch.arange(L)
+    reason = _only_reason(check_fusion(lambda x, i: x[i].mean(1), _randn(S, N, D), idx, fused=0))
+    assert "not compile-time constants" in reason
+
+
+def test_gather_of_strided_tokens_is_not_a_window():
+    def f(x):  # every other token: a dilated window, not NsaCompress
+        idx = torch.arange(0, 16, 4)[:, None] + torch.arange(0, 2 * L, 2)
+        return x[idx].mean(1)
+
+    reason = _only_reason(check_fusion(f, _randn(S, N, D), fused=0))
+    assert "consecutive tokens" in reason

@@ -317,3 +317,30 @@ def test_as_strided_windows_einsum_weight_n_l():
 
 def test_as_strided_first_windows_only_and_batch_of_one():
     check_fusion(lambda k: _strided(k, 3).mean(3), _randn(1, N, S, D), fused=1)
+
+
+# --- gathers with static window indices -----------------------------------------------------------------
+
+
+def test_gather_with_arange_indices():
+    def f(x, w):
+        idx = torch.arange(0, 100 - L + 1, STRIDE)[:, None] + torch.arange(L)  # [W, l]
+        return torch.einsum("wlnd,ln->wnd", x[idx], w)
+
+    check_fusion(f, _randn(100, N, D), _randn(L, N, seed=1), fused=1)
+
+
+def test_index_select_view_mean_minicpm_style_varlen():
+    cu = [0, 40, 45, 100]  # [40, 45) is shorter than a window: no indices, an empty sequence for the op
+
+    def f(x):
+        idx = torch.cat([torch.arange(s, e - L + 1, STRIDE)[:, None] + torch.arange(L)
+                         for s, e in zip(cu, cu[1:]) if e - s >= L])
+        return x.index_select(0, idx.flatten()).view(-1, L, N, D).mean(1)
+
+    capture = GraphCapture()
+    report = check_fusion(f, _randn(100, N, D), fused=1, inner=capture.backend)
+    assert "3 sequences" in report.fused[0].reason
+    (op,) = [n for gm in capture.forward for n in gm.graph.nodes if n.target == torch.ops.nsa_graph.nsa_compress.default]
+    # the last window ends at 97: the op reads x[0:97] (tokens 97..99 are in no window)
+    assert op.kwargs["actual_seq_len"] == [40, 45, 97]
