@@ -21,6 +21,7 @@ from . import checks, rewrite, sequences
 from .candidate import NotFused, Reduction, WindowSource, WindowView
 from .nodes import fake_tensor, source_line
 from .report import Candidate, FusionReport, publish
+from .loops import window_loop
 from .reductions import POOLS, REDUCTIONS
 from .window_sources import WINDOW_SOURCES, layouts
 
@@ -99,11 +100,13 @@ def _fuse_candidate(graph: fx.Graph, node: fx.Node, found, target: Target, repor
     try:
         plan = _plan(source, view, reduction)
         check = npu_unsupported_reason if target == "npu" else None
+        upstream = sequences.ancestors(reduction.result)
         op = rewrite.apply(graph, plan, domain_check=check)
     except NotFused as exc:
         report.candidates.append(Candidate(spelling, where, False, str(exc), source.block, source.stride))
         return
     rewrite.erase_dead(graph, root.nodes + view.nodes[len(root.nodes):] + reduction.nodes + [reduction.result])
+    sequences.erase_if_dead(graph, upstream)  # weight views and slices only the old subgraph used
     candidate = Candidate(spelling, where, True, _describe(plan, op), source.block, source.stride)
     report.candidates.append(candidate)
     fused_ops[op] = candidate
@@ -152,7 +155,7 @@ def fuse_nsa_compress(
     for node in list(graph.nodes):
         if getattr(node, "_erased", False):
             continue
-        for recognise in WINDOW_SOURCES + POOLS:
+        for recognise in WINDOW_SOURCES + POOLS + (window_loop,):
             found = None
             try:
                 found = recognise(node)

@@ -201,12 +201,13 @@ def build_bias(b: GraphBuilder, plan: Plan, w: fx.Node, pe: fx.Node, labels: tup
     if units:
         bias = b.method("squeeze", bias, units)
     kept = [lab for lab in kept if lab != UNIT]
-    target = [lab for lab in plan.reduction.labels if lab != UNIT]
+    # a label the bias lacks (W, when the bias was added to one window of a loop) is a broadcast dim
+    target = [lab for lab in plan.reduction.labels if lab in kept]
     order = [kept.index(lab) for lab in target]
     if order != sorted(order):
         bias = b.method("permute", bias, order)
     for k, lab in enumerate(plan.reduction.labels):
-        if lab == UNIT:
+        if lab not in kept:
             bias = b.method("unsqueeze", bias, k)
     return bias
 

@@ -143,12 +143,13 @@ def _merge(graph: fx.Graph, cat: fx.Node, pieces: list[Piece]) -> None:
         graph.erase_node(op)
         graph.erase_node(x)
         raise RuntimeError(f"merged sequence op has shape {tuple(got.shape)}, the cat {tuple(expected.shape)}")
-    candidates = [n for p in pieces for n in _ancestors(p.op)] + [cat]
+    candidates = [n for p in pieces for n in ancestors(p.op)] + [cat]
     cat.replace_all_uses_with(op)
     erase_if_dead(graph, candidates)
 
 
-def _ancestors(node: fx.Node, depth: int = 8) -> list[fx.Node]:
+def ancestors(node: fx.Node, depth: int = 8) -> list[fx.Node]:
+    """The node and its inputs up to ``depth`` levels up."""
     found, frontier = [node], [node]
     for _ in range(depth):
         frontier = [a for n in frontier for a in n.all_input_nodes]

@@ -215,3 +215,19 @@ def test_gather_of_strided_tokens_is_not_a_window():
 
     reason = _only_reason(check_fusion(f, _randn(S, N, D), fused=0))
     assert "consecutive tokens" in reason
+
+
+def test_loop_over_irregular_windows():
+    def f(x, w):
+        return torch.stack([(x[i * STRIDE : i * STRIDE + L] * w[:, :, None]).sum(0) for i in (0, 1, 3)])
+
+    reason = _only_reason(check_fusion(f, _randn(S, N, D), _randn(L, N, seed=1), fused=0))
+    assert "constant stride" in reason
+
+
+def test_loop_over_windows_with_different_weights():
+    def f(x, w):
+        return torch.stack([(x[i * STRIDE : i * STRIDE + L] * (w * (i + 1))[:, :, None]).sum(0) for i in range(3)])
+
+    reason = _only_reason(check_fusion(f, _randn(S, N, D), _randn(L, N, seed=1), fused=0))
+    assert "reduced differently" in reason

@@ -344,3 +344,20 @@ def test_index_select_view_mean_minicpm_style_varlen():
     (op,) = [n for gm in capture.forward for n in gm.graph.nodes if n.target == torch.ops.nsa_graph.nsa_compress.default]
     # the last window ends at 97: the op reads x[0:97] (tokens 97..99 are in no window)
     assert op.kwargs["actual_seq_len"] == [40, 45, 97]
+
+
+# --- Python loops over windows --------------------------------------------------------------------------
+
+
+def test_loop_over_windows_stacked_tnd_golden():
+    def f(x, w):  # the torch_npu / MindSpore golden: one slice and one weighted sum per window
+        return torch.stack([(x[i * STRIDE : i * STRIDE + L] * w[:, :, None]).sum(0) for i in range(7)])
+
+    check_fusion(f, _randn(S, N, D), _randn(L, N, seed=1), fused=1)
+
+
+def test_loop_over_windows_bsh_pe_matmul_cat():
+    def f(k, pe, w):  # dhcode: [B, S, H] windows + PE, transpose, @ w[l, 1], cat on the last dim
+        return torch.cat([(k[:, i * STRIDE : i * STRIDE + L] + pe).transpose(1, 2) @ w for i in range(7)], -1)
+
+    check_fusion(f, _randn(B, S, N * D), _randn(L, N * D, seed=1), _randn(L, 1, seed=2), fused=1)
