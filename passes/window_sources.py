@@ -13,6 +13,8 @@ from typing import Callable, Optional
 import torch
 import torch.fx as fx
 
+from nsa_graph.contract import windows_in
+
 from .candidate import OFFSET, UNIT, WINDOW, NotFused, WindowSource, WindowView, x_label
 from .nodes import bind, cast_dtype, fake_tensor, is_one, normalize_dim, op_name, same_size, static_int, varargs
 
@@ -251,11 +253,117 @@ def gathered_windows(node: fx.Node) -> Optional[tuple[WindowSource, WindowView]]
     return source, WindowView(source_node, labels, nodes=nodes)
 
 
+def _full_slices_but(index, dim: int) -> Optional[slice]:
+    """The slice at ``dim`` of an index tuple whose other entries are all ``:``, else None."""
+    index = index if isinstance(index, tuple) else (index,)
+    if not all(isinstance(i, slice) for i in index) or dim >= len(index) + 1:
+        return None
+    if any(i != slice(None) for k, i in enumerate(index) if k != dim):
+        return None
+    return index[dim] if dim < len(index) else slice(None)
+
+
+def _leading(part: Optional[slice]) -> Optional[int]:
+    """``n`` for a slice ``[:n]`` (or ``[0:n]``), -1 for ``[:]``, else None."""
+    if part is None or part.step not in (None, 1) or static_int(part.start or 0) != 0:
+        return None
+    return -1 if part.stop is None else static_int(part.stop)
+
+
+def _rolled_piece(piece: fx.Node, seq: int):
+    """One ``roll(x, -k*d)[.., :W*d].reshape(.., W, d, ..)[.., :m]`` -> (x, shift, W, d, m) or None."""
+    m = None
+    node = piece
+    if getattr(node.target, "__name__", "") == "getitem" and len(node.args) == 2:
+        m = _leading(_full_slices_but(node.args[1], seq + 1))
+        node = node.args[0]
+        if m is None or not isinstance(node, fx.Node):
+            return None
+    if op_name(node) not in ("view", "reshape") or not isinstance(node.args[0], fx.Node):
+        return None
+    blocks, q = fake_tensor(node), fake_tensor(node.args[0])
+    if blocks is None or q is None or blocks.dim() != q.dim() + 1:
+        return None
+    windows, stride = static_int(blocks.shape[seq]), static_int(blocks.shape[seq + 1])
+    if windows is None or stride is None or static_int(q.shape[seq]) != windows * stride:
+        return None
+    if not all(same_size(a, b) for a, b in zip(blocks.shape[:seq], q.shape[:seq])) or not all(
+            same_size(a, b) for a, b in zip(blocks.shape[seq + 2:], q.shape[seq + 1:])):
+        return None
+    node = node.args[0]
+    if getattr(node.target, "__name__", "") == "getitem" and len(node.args) == 2:
+        if _leading(_full_slices_but(node.args[1], seq)) not in (-1, windows * stride):
+            return None
+        node = node.args[0]
+    shift = 0
+    if node.op == "call_function" and node.target in (torch.roll, torch.Tensor.roll) or (
+            node.op == "call_method" and node.target == "roll"):
+        args = bind(node, ("input", "shifts", "dims"), {"dims": None})
+        one = lambda v: v[0] if isinstance(v, (list, tuple)) and len(v) == 1 else v  # noqa: E731
+        if args is None or static_int(one(args["dims"])) is None:
+            return None
+        x = fake_tensor(args["input"])
+        if x is None or normalize_dim(static_int(one(args["dims"])), x.dim()) != seq:
+            return None
+        length, amount = static_int(x.shape[seq]), static_int(one(args["shifts"]))
+        if length is None or amount is None:
+            return None
+        shift, node = (-amount) % length, args["input"]
+    m = stride if m in (None, -1) else min(m, stride)
+    return node, shift, windows, stride, m
+
+
+def rolled_windows(node: fx.Node) -> Optional[tuple[WindowSource, WindowView]]:
+    """Roll-and-concatenate windows: ``cat`` of shifted block views, one per ``stride`` of the window.
+
+    Matches, e.g.::
+
+        blocks = [torch.roll(x, -k * d, dims=1)[:, : W * d].reshape(B, W, d, N, D)[:, :, : min(d, l - k * d)]
+                  for k in range(ceil(l / d))]
+        u = torch.cat(blocks, dim=2)                              # [B, W, l, N, D]
+
+    The roll never wraps into a used token when the last window fits: that is checked.
+    """
+    if node.op != "call_function" or node.target not in (torch.cat, torch.concat, torch.concatenate):
+        return None
+    tensors = node.args[0] if node.args else None
+    out = fake_tensor(node)
+    dim = normalize_dim(static_int(node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)),
+                        out.dim() if out is not None else 1)
+    if not isinstance(tensors, (list, tuple)) or out is None or dim is None or dim == 0:
+        return None
+    if not all(isinstance(t, fx.Node) for t in tensors):
+        return None
+    pieces = [_rolled_piece(t, dim - 1) for t in tensors]
+    if any(p is None for p in pieces):
+        return None
+    x_node, _, windows, stride, _ = pieces[0]
+    block = sum(p[4] for p in pieces)
+    spelling = f"roll + cat windows ({len(pieces)} shifted blocks)"
+    for k, (x_k, shift, w_k, d_k, m_k) in enumerate(pieces):
+        if x_k is not x_node or (w_k, d_k) != (windows, stride) or shift != k * stride:
+            raise NotFused(f"{spelling}: block {k} is not x shifted by {k} strides")
+        if m_k != min(stride, block - k * stride):
+            raise NotFused(f"{spelling}: block {k} keeps {m_k} offsets, not min(d, l - k*d)")
+    seq_dim = dim - 1
+    length = static_int(fake_tensor(x_node).shape[seq_dim])
+    if length is None or (windows - 1) * stride + block > length:
+        raise NotFused(f"{spelling}: the last window wraps around the end of the sequence")
+    labels = [x_label(k) for k in range(fake_tensor(x_node).dim())]
+    labels[seq_dim] = WINDOW
+    labels.insert(seq_dim + 1, OFFSET)
+    end = (windows - 1) * stride + block
+    source = WindowSource(node, x_node, seq_dim, block, stride, spelling,
+                          span=None if windows == windows_in(length, block, stride) else (0, end))
+    return source, WindowView(node, tuple(labels), nodes=[node])
+
+
 WINDOW_SOURCES: tuple[Callable[[fx.Node], Optional[tuple[WindowSource, WindowView]]], ...] = (
     unfold_windows,
     gathered_windows,  # before block views: a gather + view is windows of x, not blocks of the gathered copy
     block_view_windows,
     strided_windows,
+    rolled_windows,
 )
 
 

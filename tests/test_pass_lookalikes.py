@@ -231,3 +231,13 @@ def test_loop_over_windows_with_different_weights():
 
     reason = _only_reason(check_fusion(f, _randn(S, N, D), _randn(L, N, seed=1), fused=0))
     assert "reduced differently" in reason
+
+
+def test_roll_windows_that_wrap_around():
+    def f(k):  # one window too many: the last one reads the sequence's start again
+        b, s, n, d = k.shape
+        pieces = [torch.roll(k, -j * STRIDE, dims=1)[:, : 10 * STRIDE].reshape(b, 10, STRIDE, n, d) for j in range(2)]
+        return torch.cat(pieces, dim=2).mean(2)
+
+    reason = _only_reason(check_fusion(f, _randn(B, S, N, D), fused=0))
+    assert "wraps around" in reason

@@ -361,3 +361,23 @@ def test_loop_over_windows_bsh_pe_matmul_cat():
         return torch.cat([(k[:, i * STRIDE : i * STRIDE + L] + pe).transpose(1, 2) @ w for i in range(7)], -1)
 
     check_fusion(f, _randn(B, S, N * D), _randn(L, N * D, seed=1), _randn(L, 1, seed=2), fused=1)
+
+
+# --- roll + cat ---------------------------------------------------------------------------------------
+
+
+def _roll_blocks(x, block, stride, windows=None):
+    b, s, n, d = x.shape
+    windows = windows or (s - block) // stride + 1
+    pieces = []
+    for k in range(-(-block // stride)):
+        shifted = torch.roll(x, -k * stride, dims=1)[:, : windows * stride].reshape(b, windows, stride, n, d)
+        pieces.append(shifted[:, :, : min(stride, block - k * stride)])
+    return torch.cat(pieces, dim=2)  # [B, W, l, N, D]
+
+
+def test_roll_and_cat_windows_pe_shared_weight_mean():
+    def f(k, w, pe):  # mdy666 Qwen-NSA: (blocks + pe[l, D]) * w[l], mean over the window
+        return ((_roll_blocks(k, 12, STRIDE) + pe[:, None]) * w[:, None, None]).mean(2)
+
+    check_fusion(f, _randn(B, S, N, D), _randn(12, seed=1), _randn(12, D, seed=2), fused=1)
