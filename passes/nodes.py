@@ -115,6 +115,27 @@ def static_int(value: Any) -> Optional[int]:
     return None
 
 
+def proven_int(value: Any) -> Optional[int]:
+    """An int size, or a symbolic one that the guards already installed pin to one value (no new guard).
+
+    ``x.view(B, S // 64, 64, N, D)`` under dynamic shapes records the block as ``S // (S // 64)`` with
+    the guard ``Eq(S // (S // 64), 64)``: its value is 64 for every input this graph accepts.
+    """
+    static = static_int(value)
+    if static is not None or not isinstance(value, torch.SymInt):
+        return static
+    node = value.node
+    try:
+        import sympy
+
+        hint = node.hint
+        env = node.shape_env
+        proven = env._maybe_evaluate_static(sympy.Eq(node.expr, hint), axioms=env.get_axioms())
+    except Exception:  # noqa: BLE001 - private ShapeEnv API: if it moved, the size is simply unknown
+        return None
+    return int(hint) if proven is not None and bool(proven) else None
+
+
 def same_size(a: Any, b: Any) -> bool:
     """``a == b`` for ints or SymInts, proven from the shape environment without installing a guard."""
     if isinstance(a, int) and isinstance(b, int):

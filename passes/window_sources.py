@@ -12,11 +12,14 @@ from typing import Callable, Optional
 
 import torch
 import torch.fx as fx
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from nsa_graph.contract import windows_in
 
 from .candidate import OFFSET, UNIT, WINDOW, NotFused, WindowSource, WindowView, x_label
-from .nodes import bind, cast_dtype, fake_tensor, is_one, normalize_dim, op_name, same_size, static_int, varargs
+from .nodes import (
+    bind, cast_dtype, fake_tensor, is_one, normalize_dim, op_name, proven_int, same_size, static_int, varargs,
+)
 
 
 def _labels_of_x(ndim: int) -> list[str]:
@@ -76,14 +79,16 @@ def block_view_windows(node: fx.Node) -> Optional[tuple[WindowSource, WindowView
         return None
     # the last dim is the feature dim in every layout: splitting it (H -> N, D) is a head view, not blocks
     for seq_dim in range(x.dim() - 1):
-        block = static_int(out.shape[seq_dim + 1])
+        block = proven_int(out.shape[seq_dim + 1])
         if block is None or block < 2:
             continue
-        if not all(same_size(out.shape[k], x.shape[k]) for k in range(seq_dim)):
+        others = [(out.shape[k], x.shape[k]) for k in range(seq_dim)]
+        others += [(out.shape[k + 1], x.shape[k]) for k in range(seq_dim + 1, x.dim())]
+        if not all(same_size(a, b) for a, b in others):
             continue
-        if not all(same_size(out.shape[k + 1], x.shape[k]) for k in range(seq_dim + 1, x.dim())):
-            continue
-        if not same_size(out.shape[seq_dim] * block, x.shape[seq_dim]):
+        # a view keeps the element count: with every other dim equal and non-zero, blocks * block == S
+        if not (same_size(out.shape[seq_dim] * block, x.shape[seq_dim])
+                or all(statically_known_true(b != 0) for _, b in others)):
             continue
         labels = _labels_of_x(x.dim())
         labels[seq_dim] = WINDOW

@@ -381,3 +381,23 @@ def test_roll_and_cat_windows_pe_shared_weight_mean():
         return ((_roll_blocks(k, 12, STRIDE) + pe[:, None]) * w[:, None, None]).mean(2)
 
     check_fusion(f, _randn(B, S, N, D), _randn(12, seed=1), _randn(12, D, seed=2), fused=1)
+
+
+def test_dynamic_block_view_fuses_without_recompiles():
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    import nsa_graph
+
+    def f(k, w):
+        b, s, n, d = k.shape
+        return (k.view(b, s // 16, 16, n, d) * w[None, None, :, :, None]).sum(2)
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend(nsa_graph.backend(inner="aot_eager"))
+    compiled = torch.compile(f, backend=counter, dynamic=True)
+    w = _randn(16, N, seed=1)
+    with nsa_graph.passes.collecting() as report:
+        for length in (64, 96, 160):
+            k = _randn(B, length, N, D)
+            torch.testing.assert_close(compiled(k, w), f(k, w), rtol=1e-12, atol=1e-12)
+    assert counter.frame_count == 1 and len(report.fused) == 1, str(report)
