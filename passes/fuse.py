@@ -74,14 +74,14 @@ def _plan(source: WindowSource, view: WindowView, reduction: Reduction) -> rewri
 def _describe(plan: rewrite.Plan, op: fx.Node) -> str:
     seq = op.kwargs.get("actual_seq_len")
     seqs = f", {len(seq)} sequences" if seq else ""
-    head = f"heads = x dim {plan.head}" if plan.head is not None else "weight shared by heads"
+    head = f"heads: dim {plan.head} of x" if plan.head is not None else "one weight for all channels"
     return (f"nsa_compress(l={plan.source.block}, d={plan.source.stride}{seqs}; {head}; "
             f"{str(plan.dtype).replace('torch.', '')})")
 
 
 def _fuse_candidate(graph: fx.Graph, node: fx.Node, found, target: Target, report: FusionReport,
                     fused_ops: dict) -> None:
-    if len(found) == 3:  # a pooling op: windows and reduction in one node
+    if len(found) == 3:  # a pooling op or a loop over windows: windows and reduction found together
         source, root, reduction = found
         view, reason = root, None
     else:

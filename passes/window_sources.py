@@ -18,7 +18,7 @@ from nsa_graph.contract import windows_in
 
 from .candidate import OFFSET, UNIT, WINDOW, NotFused, WindowSource, WindowView, x_label
 from .nodes import (
-    bind, cast_dtype, fake_tensor, is_one, normalize_dim, op_name, proven_int, same_size, static_int, varargs,
+    bind, cast_dtype, fake_tensor, normalize_dim, op_name, proven_int, same_size, static_int, varargs,
 )
 
 
