@@ -241,3 +241,29 @@ def test_roll_windows_that_wrap_around():
 
     reason = _only_reason(check_fusion(f, _randn(B, S, N, D), fused=0))
     assert "wraps around" in reason
+
+
+def test_an_ordinary_transformer_block_has_no_candidates():
+    class Block(torch.nn.Module):
+        def __init__(self, dim=32, heads=4):
+            super().__init__()
+            self.heads = heads
+            self.qkv = torch.nn.Linear(dim, 3 * dim)
+            self.out = torch.nn.Linear(dim, dim)
+            self.mlp = torch.nn.Sequential(torch.nn.Linear(dim, 4 * dim), torch.nn.GELU(), torch.nn.Linear(4 * dim, dim))
+
+        def norm(self, x):  # RMSNorm by hand: a mean over the last dim
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+        def forward(self, x):
+            b, s, c = x.shape
+            q, k, v = self.qkv(self.norm(x)).view(b, s, 3, self.heads, c // self.heads).unbind(2)
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+            att = (q @ k.transpose(-1, -2) / (c // self.heads) ** 0.5).softmax(-1)
+            x = x + self.out((att @ v).transpose(1, 2).reshape(b, s, c))
+            pooled = x.view(b, s, self.heads, c // self.heads).mean(2)  # mean over heads, not over tokens
+            return x + self.mlp(self.norm(x)), pooled
+
+    report = check_fusion(lambda x, m=Block().double(): torch.cat([t.flatten() for t in m(x)]), _randn(2, 16, 32),
+                          fused=0)
+    assert report.candidates == [] and report.errors == []
