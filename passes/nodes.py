@@ -36,6 +36,8 @@ _FUNCTIONS: dict[str, tuple[Any, ...]] = {
     "matmul": (operator.matmul, torch.matmul, torch.Tensor.matmul),
     "linear": (torch._C._nn.linear, torch.nn.functional.linear),
     "avg_pool1d": (torch.avg_pool1d, torch.nn.functional.avg_pool1d),
+    "avg_pool2d": (torch._C._nn.avg_pool2d, torch.nn.functional.avg_pool2d),
+    "avg_pool3d": (torch._C._nn.avg_pool3d, torch.nn.functional.avg_pool3d),
     "to": (torch.Tensor.to,),
     "float": (torch.Tensor.float,),
     "double": (torch.Tensor.double,),

@@ -267,3 +267,8 @@ def test_an_ordinary_transformer_block_has_no_candidates():
     report = check_fusion(lambda x, m=Block().double(): torch.cat([t.flatten() for t in m(x)]), _randn(2, 16, 32),
                           fused=0)
     assert report.candidates == [] and report.errors == []
+
+
+def test_avg_pool_over_two_dims():
+    reason = _only_reason(check_fusion(lambda k: F.avg_pool2d(k, 2), _randn(B, S, N, D), fused=0))
+    assert "pools 2 dims" in reason

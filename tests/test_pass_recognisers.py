@@ -401,3 +401,12 @@ def test_dynamic_block_view_fuses_without_recompiles():
             k = _randn(B, length, N, D)
             torch.testing.assert_close(compiled(k, w), f(k, w), rtol=1e-12, atol=1e-12)
     assert counter.frame_count == 1 and len(report.fused) == 1, str(report)
+
+
+def test_avg_pool3d_seer_attention_ceil_mode_exact_tiling():
+    import torch.nn.functional as F
+
+    def f(k):  # SeerAttention: k [B, S, H, D] read as unbatched (C, D, H, W); S % l == 0, so no tail
+        return F.avg_pool3d(k, [L, 1, 1], [L, 1, 1], ceil_mode=True)
+
+    check_fusion(f, _randn(B, S, N, D), fused=1)
