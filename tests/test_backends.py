@@ -135,3 +135,14 @@ def test_uuid_covers_pass_and_op_sources():
     names = {p.rsplit("/", 1)[-1] for p in _behaviour_files()}
     assert {"fuse.py", "rewrite.py", "reductions.py", "window_sources.py", "ops.py", "kernels.py",
             "decompositions.py"} <= names
+
+
+def test_sequence_loop_with_inductor_is_one_varlen_loop():
+    cu = [0, 40, 45, 100]
+
+    def f(x, w):
+        outs = [(x[s:e].unfold(0, 16, 8) * w.t()[:, None, :]).sum(-1) for s, e in zip(cu, cu[1:]) if e - s >= 16]
+        return torch.cat(outs) * 2
+
+    report = check_fusion(f, _randn(100, 4, 16), _randn(16, 4, seed=1), fused=1, inner="inductor")
+    assert "2 pieces merged" in report.fused[0].reason  # [40, 45) is too short for a window
