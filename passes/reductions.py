@@ -133,24 +133,26 @@ def weighted_sum(view: WindowView, user: fx.Node) -> Optional[Reduction]:
 
 
 def window_mean(view: WindowView, user: fx.Node) -> Optional[Reduction]:
-    """Mean over the window axis: uniform weights ``1 / l``.
+    """Mean (or plain sum) over the window axis: uniform weights ``1 / l`` (or 1).
 
     Matches, e.g.::
 
         y = k.unfold(1, 32, 16).mean(-1)
         y = k.view(B, S // 64, 64, N, D).mean(2)                 # fla / MoBA style blocks
         y = einops.reduce(k, 'b (w n) h d -> b w h d', 'mean', n=64)
+        y = k.unfold(0, l, d).sum(-1)
     """
-    if op_name(user) != "mean" or not user.args or user.args[0] is not view.node:
+    name = op_name(user)
+    if name not in ("mean", "sum") or not user.args or user.args[0] is not view.node:
         return None
     parsed = _reduced_dims(user, len(view.labels))
     if parsed is None:
-        raise NotFused("mean over all dims is not a reduction over the window axis")
+        raise NotFused(f"{name} over all dims is not a reduction over the window axis")
     dims, keepdim, dtype = parsed
-    labels = _after_reduction(view.labels, dims, keepdim, "mean")
-    _check_sum_dtype(user, dtype, fake_tensor(view.node), "mean")
+    labels = _after_reduction(view.labels, dims, keepdim, name)
+    _check_sum_dtype(user, dtype, fake_tensor(view.node), name)
     block = fake_tensor(view.node).shape[dims[0]]
-    return Reduction("mean", user, labels, None, (), 1.0 / block, [user])
+    return Reduction(name, user, labels, None, (), 1.0 / block if name == "mean" else 1.0, [user])
 
 
 def _parse_einsum(node: fx.Node) -> Optional[tuple[str, list[Any]]]:

@@ -111,6 +111,10 @@ def test_unfold_mean():
     check_fusion(lambda k: k.unfold(1, L, STRIDE).mean(-1), _randn(B, S, N, D), fused=1)
 
 
+def test_unweighted_window_sum_with_dim_keyword():
+    check_fusion(lambda k: torch.sum(k.unfold(0, L, STRIDE), dim=-1), _randn(S, N, D), fused=1)
+
+
 def test_weighted_mean():
     def f(k, w):
         return (k.unfold(1, L, STRIDE) * w).mean(-1)  # mdy666: Σ w x / l
