@@ -14,7 +14,7 @@ import torch
 import torch.fx as fx
 
 from .candidate import OFFSET, UNIT, WINDOW, NotFused, Reduction, WindowSource, WindowView, x_dim, x_label
-from .nodes import bind, fake_tensor, is_one, normalize_dim, op_name, same_size, static_int
+from .nodes import bind, fake_tensor, is_one, normalize_dim, op_name, proven_int, same_size, static_int
 
 
 def _weight_labels(view: WindowView, weight: torch.Tensor) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -75,6 +75,14 @@ def _after_reduction(labels: Sequence[str], dims: list[int], keepdim: bool, what
     return tuple(labels[:j]) + ((UNIT,) if keepdim else ()) + tuple(labels[j + 1:])
 
 
+def _window_length(size) -> int:
+    """The window length as an int (a mean's weight is a constant ``1 / l`` in the graph)."""
+    block = proven_int(size)
+    if block is None:
+        raise NotFused(f"the window length {size} is not a known int")
+    return block
+
+
 def _check_sum_dtype(node: fx.Node, dtype: Any, windows: torch.Tensor, what: str) -> None:
     out = fake_tensor(node)
     if dtype is not None or out is None or out.dtype != windows.dtype:
@@ -127,7 +135,7 @@ def weighted_sum(view: WindowView, user: fx.Node) -> Optional[Reduction]:
     labels = _after_reduction(product_labels, dims, keepdim, name)
     _check_sum_dtype(reducer, dtype, windows, name)
     if name == "mean":
-        scale /= product.shape[dims[0]]
+        scale /= _window_length(product.shape[dims[0]])
     what = "weighted mean" if name == "mean" else "weighted sum"
     return Reduction(f"mul + {name} ({what})", reducer, labels, weight, weight_labels, scale, [user, reducer])
 
@@ -151,7 +159,7 @@ def window_mean(view: WindowView, user: fx.Node) -> Optional[Reduction]:
     dims, keepdim, dtype = parsed
     labels = _after_reduction(view.labels, dims, keepdim, name)
     _check_sum_dtype(user, dtype, fake_tensor(view.node), name)
-    block = fake_tensor(view.node).shape[dims[0]]
+    block = _window_length(fake_tensor(view.node).shape[dims[0]])
     return Reduction(name, user, labels, None, (), 1.0 / block if name == "mean" else 1.0, [user])
 
 

@@ -10,6 +10,7 @@ the inserted nodes are erased and the graph is as before.
 
 from __future__ import annotations
 
+import contextlib
 import operator
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -17,8 +18,8 @@ from typing import Any, Callable, Optional
 import torch
 import torch.fx as fx
 
-from .checks import batch_dims
 from .candidate import OFFSET, UNIT, WINDOW, NotFused, Reduction, WindowSource, x_dim, x_label
+from .checks import batch_dims
 from .nodes import fake, fake_tensor, same_size, static_int
 
 _N1 = "N1"  # the size-1 head dim inserted when the weight is shared by all heads
@@ -49,7 +50,10 @@ class GraphBuilder:
     def _finish(self, node: fx.Node, compute) -> fx.Node:
         self.inserted.append(node)
         node.meta.update(self.meta)
-        with self.fake_mode:
+        # Computing the new nodes' metadata must not add guards (a view of a size that might be 0 or 1 would):
+        # whatever the rewritten graph needs, AOTAutograd's own trace of it installs.
+        env = getattr(self.fake_mode, "shape_env", None)
+        with self.fake_mode, (env.suppress_guards() if env is not None else contextlib.nullcontext()):
             node.meta["example_value"] = compute()
         return node
 

@@ -15,6 +15,7 @@ yields no rows). The matched user code::
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -131,7 +132,8 @@ def _merge(graph: fx.Graph, cat: fx.Node, pieces: list[Piece]) -> None:
     with graph.inserting_before(cat):
         x = graph.call_function(first.op.args[0].target, (first.x, slice(first.start, last.end, None)))
         op = graph.call_function(_OP, (x,) + tuple(first.op.args[1:]), {"actual_seq_len": bounds})
-    with fake_mode:
+    env = fake_mode.shape_env
+    with fake_mode, (env.suppress_guards() if env is not None else contextlib.nullcontext()):
         x.meta["example_value"] = fake_tensor(first.x)[first.start:last.end]
         op.meta["example_value"] = _OP(x.meta["example_value"], fake_tensor(first.op.args[1]), *first.op.args[2:4],
                                        actual_seq_len=bounds)

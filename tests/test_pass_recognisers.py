@@ -414,3 +414,37 @@ def test_avg_pool3d_seer_attention_ceil_mode_exact_tiling():
         return F.avg_pool3d(k, [L, 1, 1], [L, 1, 1], ceil_mode=True)
 
     check_fusion(f, _randn(B, S, N, D), fused=1)
+
+
+@pytest.mark.parametrize("spelling", ["unfold_einsum", "block_view_mean", "roll_cat"])
+def test_the_pass_installs_no_guards(spelling):
+    from nsa_graph.passes import fuse_nsa_compress
+
+    def unfold_einsum(k, w):
+        return torch.einsum("bwndl,ln->bwnd", k.unfold(1, L, STRIDE), w)
+
+    def block_view_mean(k, w):
+        b, s, n, d = k.shape
+        return k.view(b, s // L, L, n, d).mean(2)
+
+    def roll_cat(k, w):
+        return _roll_blocks(k, 12, STRIDE, windows=5).mean(2)
+
+    fn = {"unfold_einsum": unfold_einsum, "block_view_mean": block_view_mean, "roll_cat": roll_cat}[spelling]
+    seen = {}
+
+    def backend(gm, example_inputs):
+        fake = next(n.meta["example_value"] for n in gm.graph.nodes if n.op == "placeholder"
+                    and isinstance(n.meta.get("example_value"), torch.Tensor))
+        env = fake.fake_mode.shape_env
+        before = (len(env.guards), len(env.deferred_runtime_asserts))
+        seen["report"] = fuse_nsa_compress(gm)
+        seen["guards"] = before, (len(env.guards), len(env.deferred_runtime_asserts))
+        return gm.forward
+
+    torch._dynamo.reset()
+    k, w = _randn(B, S, N, D, grad=False), _randn(L, N, seed=1, grad=False)
+    out = torch.compile(fn, backend=backend, dynamic=spelling != "roll_cat")(k, w)
+    torch.testing.assert_close(out, fn(k, w), rtol=1e-12, atol=1e-12)
+    assert len(seen["report"].fused) == 1, str(seen["report"])
+    assert seen["guards"][0] == seen["guards"][1]
