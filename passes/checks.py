@@ -48,6 +48,27 @@ def check_no_mutation(nodes: list[fx.Node]) -> None:
                                    f"({source_line(user)}); the fused op would read a different value")
 
 
+_PADS = {torch._C._nn.pad, torch.nn.functional.pad, torch.constant_pad_nd}
+
+
+def check_not_padded(source: WindowSource) -> None:
+    """Reject windows over a sequence that the code zero-pads first (fla-style ``F.pad`` to a multiple of l).
+
+    The rewrite would be exact (the op over the padded tensor), but the tail window is then partial: it
+    averages real tokens with padding, which is not NsaCompress's semantics, so the spelling is left as is.
+    """
+    x = source.x
+    if x.op != "call_function" or x.target not in _PADS or len(x.args) < 2:
+        return
+    pad, ndim = x.args[1], fake_tensor(x).dim()
+    if not isinstance(pad, (list, tuple)):
+        return
+    k = ndim - 1 - source.seq_dim  # pads are (last dim left, right, second-last left, right, ...)
+    if len(pad) > 2 * k and any(p != 0 for p in pad[2 * k : 2 * k + 2]):
+        raise NotFused(f"the sequence is padded ({source_line(x)}) before windowing: the tail window is partial "
+                       "(NsaCompress has only full windows)")
+
+
 def check_result(source: WindowSource, view: WindowView, reduction: Reduction) -> None:
     """The reduced tensor holds exactly the windows and every passed-through dim of x, once each."""
     x = fake_tensor(source.x)

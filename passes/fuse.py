@@ -58,6 +58,7 @@ def _consumers(root: WindowView) -> str:
 
 def _plan(source: WindowSource, view: WindowView, reduction: Reduction) -> rewrite.Plan:
     checks.check_result(source, view, reduction)
+    checks.check_not_padded(source)
     weight = [reduction.weight] if reduction.weight is not None else []
     biases = [pe for pe, _ in view.biases]
     checks.check_no_mutation([source.x] + weight + biases + view.nodes + reduction.nodes)
