@@ -99,10 +99,15 @@ def window_loop(node: fx.Node) -> Optional[tuple[WindowSource, WindowView, Reduc
     if not isinstance(tensors, (list, tuple)) or len(tensors) < 2 or not all(isinstance(t, fx.Node) for t in tensors):
         return None
     pieces = [_piece(t) for t in tensors]
-    if any(p is None for p in pieces):
-        return None
-    (src0, view0, red0), join = pieces[0], _JOINS[node.target]
+    join = _JOINS[node.target]
     spelling = f"loop over {len(pieces)} windows joined by {join}"
+    missing = [i for i, p in enumerate(pieces) if p is None]
+    if missing:
+        if len(pieces) - len(missing) >= 2:  # mostly windows: say which element is not one
+            raise NotFused(f"{spelling}: element {missing[0]} is not a full window reduced the same way "
+                           "(a partial tail window?)")
+        return None
+    src0, view0, red0 = pieces[0]
     starts = [p[0].span[0] for p in pieces]
     stride = starts[1] - starts[0]
     if any(p[0].x is not src0.x or p[0].seq_dim != src0.seq_dim or p[0].block != src0.block for p in pieces):

@@ -276,3 +276,11 @@ def test_an_ordinary_transformer_block_has_no_candidates():
 def test_avg_pool_over_two_dims():
     reason = _only_reason(check_fusion(lambda k: F.avg_pool2d(k, 2), _randn(B, S, N, D), fused=0))
     assert "pools 2 dims" in reason
+
+
+def test_loop_with_a_partial_tail_window():
+    def f(x):  # Noumena-style: windows every 16 tokens up to the end, the last one shorter
+        return torch.stack([x[i : i + 16].mean(0) for i in range(0, S, 16)])  # S = 40: 16, 16, 8 tokens
+
+    reason = _only_reason(check_fusion(f, _randn(S, N, D), fused=0))
+    assert "element 2 is not a full window" in reason
