@@ -19,11 +19,10 @@ from nsa_graph.contract import npu_unsupported_reason
 
 from . import checks, rewrite, sequences
 from .candidate import NotFused, Reduction, WindowSource, WindowView
+from .layouts import layouts
 from .nodes import fake_tensor, source_line
+from .recognisers import COMBINED, REDUCTIONS, WINDOW_SOURCES
 from .report import Candidate, FusionReport, publish
-from .loops import window_loop
-from .reductions import POOLS, REDUCTIONS
-from .window_sources import WINDOW_SOURCES, layouts
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +155,7 @@ def fuse_nsa_compress(
     for node in list(graph.nodes):
         if getattr(node, "_erased", False):
             continue
-        for recognise in WINDOW_SOURCES + POOLS + (window_loop,):
+        for recognise in WINDOW_SOURCES + COMBINED:
             found = None
             try:
                 found = recognise(node)

@@ -17,10 +17,10 @@ import torch
 import torch.fx as fx
 
 from .candidate import OFFSET, UNIT, WINDOW, NotFused, Reduction, WindowSource, WindowView, x_label
+from .layouts import layouts
 from .nodes import fake_tensor, normalize_dim, op_name, static_int
 from .reductions import REDUCTIONS
 from .sequences import same_value
-from .window_sources import layouts
 
 _JOINS = {torch.stack: "stack", torch.cat: "cat", torch.concat: "cat", torch.concatenate: "cat"}
 
