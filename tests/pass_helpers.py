@@ -7,6 +7,7 @@ from typing import Any, Callable, Optional
 import pytest
 import torch
 from torch._dynamo.backends.common import aot_autograd
+from torch._functorch.aot_autograd import make_boxed_func
 
 import nsa_graph
 from nsa_graph.passes import FusionReport, collecting
@@ -83,11 +84,11 @@ class GraphCapture:
 
     def _fw(self, gm, example_inputs):
         self.forward.append(gm)
-        return gm.forward
+        return make_boxed_func(gm.forward)
 
     def _bw(self, gm, example_inputs):
         self.backward.append(gm)
-        return gm.forward
+        return make_boxed_func(gm.forward)
 
     @staticmethod
     def ops(gms: list[torch.fx.GraphModule]) -> set[str]:
