@@ -15,7 +15,7 @@ from typing import Literal, Optional, Union
 
 import torch.fx as fx
 
-from nsa_graph.contract import npu_unsupported_reason
+from nsa_graph.contract import SUPPORTED_DTYPES, npu_unsupported_reason
 
 from . import checks, rewrite, sequences
 from .candidate import NotFused, Reduction, WindowSource, WindowView
@@ -67,6 +67,8 @@ def _plan(source: WindowSource, view: WindowView, reduction: Reduction) -> rewri
         dtype, replaced = x.dtype, back
     else:
         dtype, replaced = fake_tensor(reduction.result).dtype, reduction.result
+    if dtype not in SUPPORTED_DTYPES:
+        raise NotFused(f"dtype {dtype} is not one the op supports (fp16, bf16, fp32, fp64)")
     return rewrite.Plan(source, reduction, checks.head_dim(source, reduction, x.dim()), dtype, replaced,
                         view_biases=view.biases)
 

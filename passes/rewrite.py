@@ -18,6 +18,8 @@ from typing import Any, Callable, Optional
 import torch
 import torch.fx as fx
 
+from nsa_graph.contract import NsaCompressError
+
 from .candidate import OFFSET, UNIT, WINDOW, NotFused, Reduction, WindowSource, x_dim, x_label
 from .checks import batch_dims
 from .nodes import fake, fake_tensor, same_size, static_int
@@ -242,6 +244,9 @@ def apply(graph: fx.Graph, plan: Plan, domain_check: Optional[Callable[..., Opti
         ):
             raise RuntimeError(f"rewritten result {tuple(got.shape)} {got.dtype} differs from the original "
                                f"{tuple(expected.shape)} {expected.dtype}")
+    except NsaCompressError as exc:  # the op's own contract refuses the case: report it, do not fail
+        b.rollback()
+        raise NotFused(f"nsa_compress rejects this case: {exc}") from exc
     except BaseException:
         b.rollback()
         raise

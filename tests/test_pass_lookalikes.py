@@ -284,3 +284,11 @@ def test_loop_with_a_partial_tail_window():
 
     reason = _only_reason(check_fusion(f, _randn(S, N, D), fused=0))
     assert "element 2 is not a full window" in reason
+
+
+def test_integer_windows_are_left_alone():
+    def f(k):
+        return k.unfold(0, L, STRIDE).sum(-1)
+
+    reason = _only_reason(check_fusion(f, torch.arange(S * N * D).reshape(S, N, D), fused=0))
+    assert "dtype torch.int64" in reason
