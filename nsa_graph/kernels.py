@@ -1,9 +1,16 @@
 """Generic (CPU, and any non-NPU device) kernels for NsaCompress and its gradient.
 
-Both loop over the window offset ``j`` and update strided views of the input, so the
-``block / stride``-times larger window tensor is never materialised:
+The window tensor (``block / stride`` times the input) is never materialised. The work runs on chunks of
+consecutive windows whose tokens are copied, upcast and head-major, into one reused buffer small enough to
+stay in cache:
 
-    out[i] = Σ_j w[j] * x[s + i*d + j]        ->  out += w[j] * x[s+j : s+j+(W-1)*d+1 : d]   for each j
+- forward: per head, each tile of ``_TILE`` windows is one small GEMM ``A_n [tile, span] @ X_n [span, D]``
+  with ``A_n`` the banded (Toeplitz) weight matrix, so every (head, tile) of a chunk is one ``bmm`` call;
+- grad_weight: the same tiles, ``X_n [span, D] @ G_n^T [D, tile]``, then the band ``token = i*d + j`` of
+  each product is summed over windows;
+- grad_input: for ``l % d == 0`` the sequence is viewed as blocks of ``d`` tokens and
+  ``gi_blocks[i + m] += w[m*d:(m+1)*d] * g[i]`` is ``l / d`` large ``addcmul_`` calls; otherwise one strided
+  ``addcmul_`` per window offset ``j``.
 
 Numerics follow the Ascend kernels: fp16/bf16 operands are converted exactly to fp32, products and sums
 are fp32 (fp64 for fp64), and there is one final cast. The forward rounds ties away from zero (the NPU
@@ -12,40 +19,45 @@ forward's CAST_ROUND); the backward rounds to nearest-even (its CAST_RINT), as t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Optional
 
 import torch
 
 from .contract import sequence_spans, windows_in
 
-# Windows per tile: the fp32 output tile (tile * N * D * 4 bytes) stays in cache while all `l`
-# offsets accumulate into it, instead of streaming the whole output through memory `l` times.
-_TILE_BYTES = 1 << 18
+# Windows per GEMM tile. A tile reads span = (tile-1)*d + l tokens for tile*l useful products per output
+# element, so larger tiles waste more multiplications on the band's zeros and smaller ones make the GEMMs
+# too thin; 4 was fastest at l=32, d=16 (2, 4 and 8 measured).
+_TILE = 4
+# Bytes of the upcast head-major chunk buffer: about half of a 2 MiB L2, so the copy and the GEMM that
+# reads it back meet in cache.
+_CHUNK_BYTES = 1 << 21
+# Windows per tile of the strided fallbacks (fp32 output tile of tile * N * D elements).
+_STRIDED_TILE_BYTES = 1 << 18
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _window_runs(T: int, block: int, stride: int, actual_seq_len: Optional[Sequence[int]]):
+def _window_runs(
+    T: int, block: int, stride: int, actual_seq_len: Optional[Sequence[int]]
+) -> list[tuple[int, int, int]]:
     """``(first_token, first_row, count)`` for each sequence that has at least one window."""
-    row = 0
+    runs, row = [], 0
     for start, end in sequence_spans(T, actual_seq_len):
         count = windows_in(end - start, block, stride)
         if count > 0:
-            yield start, row, count
+            runs.append((start, row, count))
             row += count
+    return runs
 
 
-def _tiles(first_token: int, first_row: int, count: int, stride: int, tile: int):
+def _tiles(first_token: int, first_row: int, count: int, stride: int, tile: int) -> Iterator[tuple[int, int, int]]:
     for i in range(0, count, tile):
         n = min(tile, count - i)
         yield first_token + i * stride, first_row + i, n
-
-
-def _tile_windows(row_bytes: int) -> int:
-    return max(1, _TILE_BYTES // max(1, row_bytes))
 
 
 def round_half_away_from_zero(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -69,6 +81,88 @@ def round_half_away_from_zero(x: torch.Tensor, dtype: torch.dtype) -> torch.Tens
     return rounded.to(dtype)
 
 
+def _store_rounded(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """``dst.copy_(src)`` with the forward's ties-away rounding; may overwrite ``src`` (a scratch buffer)."""
+    if dst.dtype == torch.bfloat16:
+        # Setting the lowest fp32 bit whenever the first dropped bit (bit 15) is set turns an exact tie into
+        # "just above half", which round-to-nearest-even (the cast) then rounds away from zero; non-ties,
+        # infinities (bit 15 clear) and NaNs keep their rounding. Two in-place passes over a cached tile.
+        bits = src.view(torch.int32)
+        bits.bitwise_or_(torch.bitwise_right_shift(bits, 15).bitwise_and_(1))
+        dst.copy_(src)
+    elif dst.dtype == torch.float16:
+        dst.copy_(round_half_away_from_zero(src, torch.float16))
+    else:
+        dst.copy_(src)
+
+
+class _ChunkTiles:
+    """A reused, zero-initialised, head-major copy of one chunk's tokens, seen as GEMM tiles.
+
+    Each head's region holds one spare tile, so that tile ``t`` of head ``n`` starts at
+    ``(n * per + t) * tile * d`` tokens: all (head, tile) pairs share one batch stride and a chunk is a
+    single ``bmm``. Spare tiles compute garbage that is never read.
+    """
+
+    def __init__(self, l: int, d: int, N: int, D: int, dtype: torch.dtype, device: torch.device, windows: int):
+        # a tile must not read past its head's region: (tiles-1)*tile*d + span <= per*tile*d
+        self.tile = max(_TILE, -(-(l - d) // d))
+        self.span = (self.tile - 1) * d + l
+        size = torch.finfo(dtype).bits // 8
+        # bounded by the token buffer, by the per-tile weight/product matrices (tile x span each) and by
+        # the longest sequence's window count
+        per_tile = max(d * N * D, N * self.span) * self.tile * size
+        self.tiles = max(1, min(_CHUNK_BYTES // per_tile, -(-windows // self.tile)))
+        self.windows = self.tiles * self.tile  # windows per chunk
+        self.per = self.tiles + 1
+        self.N, self.D, self.d = N, D, d
+        region = self.per * self.tile * d
+        buf = torch.zeros((N * region + self.span, D), dtype=dtype, device=device)
+        self.heads = buf[: N * region].view(N, region, D)
+        self.x = buf.as_strided((N * self.per, self.span, D), (self.tile * d * D, D, 1))
+
+    def load(self, tokens: torch.Tensor) -> None:
+        """Copy (and upcast) ``tokens [n, N, D]`` into the head-major buffer."""
+        self.heads[:, : tokens.shape[0]].copy_(tokens.transpose(0, 1))
+
+
+def _forward_gemm(input: torch.Tensor, weight: torch.Tensor, l: int, d: int, runs, out: torch.Tensor) -> None:
+    T, N, D = input.shape
+    acc = accumulation_dtype(input.dtype)
+    c = _ChunkTiles(l, d, N, D, acc, input.device, max(count for _, _, count in runs))
+    # banded weights of one tile, A[n, i, i*d + j] = w[j, n], repeated for every tile of a chunk
+    band = torch.zeros((N, c.tile, c.span), dtype=acc, device=input.device)
+    w = weight.to(acc).t()
+    for i in range(c.tile):
+        band[:, i, i * d : i * d + l] = w
+    band = band[:, None].expand(N, c.per, c.tile, c.span).reshape(N * c.per, c.tile, c.span)
+    result = torch.empty((N, c.per * c.tile, D), dtype=acc, device=input.device)
+    result_tiles = result.view(N * c.per, c.tile, D)
+    for first_token, first_row, count in runs:
+        for t0, r0, n in _tiles(first_token, first_row, count, d, c.windows):
+            c.load(input[t0 : t0 + (n - 1) * d + l])
+            torch.bmm(band, c.x, out=result_tiles)
+            _store_rounded(out[r0 : r0 + n], result[:, :n].transpose(0, 1))
+
+
+def _forward_strided(input: torch.Tensor, weight: torch.Tensor, l: int, d: int, runs, out: torch.Tensor) -> None:
+    """``out += w[j] * x[j::d]`` per window offset: each output depends only on its own window's tokens."""
+    T, N, D = input.shape
+    acc = accumulation_dtype(input.dtype)
+    w = weight.to(acc).unsqueeze(-1)  # [l, N, 1]: broadcast over D
+    tile = max(1, _STRIDED_TILE_BYTES // (N * D * 4))
+    buf = torch.empty((tile, N, D), dtype=acc, device=input.device)
+    for first_token, first_row, count in runs:
+        for t0, r0, n in _tiles(first_token, first_row, count, d, tile):
+            span = (n - 1) * d + 1
+            x = input[t0 : t0 + span + l - 1].to(acc)
+            dst = buf[:n]
+            torch.mul(x[0:span:d], w[0], out=dst)
+            for j in range(1, l):
+                dst.addcmul_(x[j : j + span : d], w[j])
+            _store_rounded(out[r0 : r0 + n], dst)
+
+
 def compress_forward(
     input: torch.Tensor,
     weight: torch.Tensor,
@@ -79,24 +173,84 @@ def compress_forward(
     """``out[r, n, :] = Σ_j weight[j, n] * input[start_b + i*stride + j, n, :]`` (contract in contract.py)."""
     T, N, D = input.shape
     l, d = compress_block_size, compress_stride
-    acc = accumulation_dtype(input.dtype)
-    runs = list(_window_runs(T, l, d, actual_seq_len))
+    runs = _window_runs(T, l, d, actual_seq_len)
     rows = sum(count for _, _, count in runs)
-    out = torch.zeros((rows, N, D), dtype=acc, device=input.device)
-    if rows:
-        w = weight.to(acc).unsqueeze(-1)  # [l, N, 1]: broadcast over D
-        tile = _tile_windows(N * D * out.element_size())
-        for first_token, first_row, count in runs:
-            for t0, r0, n in _tiles(first_token, first_row, count, d, tile):
-                span = (n - 1) * d + 1
-                # upcast one tile at a time: the fp32 copy stays in cache instead of doubling the input
-                x = input[t0 : t0 + span + l - 1].to(acc)
-                dst = out[r0 : r0 + n]
-                for j in range(l):
-                    dst.addcmul_(x[j : j + span : d], w[j])
-    if acc == input.dtype:
-        return out
-    return round_half_away_from_zero(out, input.dtype)
+    out = torch.empty((rows, N, D), dtype=input.dtype, device=input.device)
+    if rows and N * D:
+        _forward_gemm(input, weight, l, d, runs, out)
+        # The GEMM also multiplies the band's zeros with the tile's other tokens: an inf or NaN token
+        # would turn its neighbours' outputs into NaN. Only then (any NaN makes the sum NaN; one pass
+        # instead of isnan's two), recompute window by window.
+        if torch.isnan(out.sum()):
+            _forward_strided(input, weight, l, d, runs, out)
+    return out
+
+
+def _grad_weight_gemm(grad: torch.Tensor, input: torch.Tensor, l: int, d: int, runs) -> torch.Tensor:
+    """``gw[j, n] = Σ_i <g[i, n, :], x[s + i*d + j, n, :]>`` as ``[N, l]``."""
+    T, N, D = input.shape
+    acc = accumulation_dtype(input.dtype)
+    c = _ChunkTiles(l, d, N, D, acc, input.device, max(count for _, _, count in runs))
+    g = torch.zeros((N, c.per * c.tile, D), dtype=acc, device=input.device)
+    g_tiles = g.view(N * c.per, c.tile, D).transpose(1, 2)
+    products = torch.empty((N * c.per, c.span, c.tile), dtype=acc, device=input.device)
+    # product[b, i*d + j, i] is window i's term for offset j
+    band = products.as_strided(
+        (N, c.per, c.tile, l), (c.per * c.span * c.tile, c.span * c.tile, d * c.tile + 1, c.tile)
+    )
+    gw = torch.zeros((N, l), dtype=acc, device=input.device)
+    for first_token, first_row, count in runs:
+        for t0, r0, n in _tiles(first_token, first_row, count, d, c.windows):
+            c.load(input[t0 : t0 + (n - 1) * d + l])
+            g[:, :n].copy_(grad[r0 : r0 + n].transpose(0, 1))
+            torch.bmm(c.x, g_tiles, out=products)
+            full, rest = divmod(n, c.tile)
+            gw += band[:, :full].sum((1, 2))
+            if rest:
+                gw += band[:, full, :rest].sum(1)
+    return gw
+
+
+def _grad_input_blocks(grad, weight, l, d, runs, grad_input) -> None:
+    """``l % d == 0``: ``gi_blocks[i + m] += w[m*d:(m+1)*d] * g[i]`` for the ``k = l/d`` block offsets m."""
+    T, N, D = grad_input.shape
+    k = l // d
+    acc = accumulation_dtype(grad_input.dtype)
+    w = weight.to(acc).view(k, d, N, 1)
+    direct = grad_input.dtype == acc
+    tile = max(1, _CHUNK_BYTES // (d * N * D * 4))  # blocks per tile
+    buf = None if direct else torch.empty((tile, d, N, D), dtype=acc, device=grad_input.device)
+    g_buf = torch.empty((tile + k - 1, N, D), dtype=acc, device=grad_input.device)
+    for first_token, first_row, count in runs:
+        blocks = grad_input[first_token : first_token + (count + k - 1) * d].view(count + k - 1, d, N, D)
+        for b0 in range(0, count + k - 1, tile):
+            b1 = min(count + k - 1, b0 + tile)
+            dst = blocks[b0:b1] if direct else buf[: b1 - b0]
+            # windows feeding blocks [b0, b1): i in [b0 - k + 1, b1), clipped to the sequence
+            i0, i1 = max(0, b0 - k + 1), min(count, b1)
+            g = g_buf[: i1 - i0]
+            g.copy_(grad[first_row + i0 : first_row + i1])
+            dst.zero_()
+            for m in range(k):
+                lo, hi = max(b0, i0 + m), min(b1, i1 + m)
+                if hi > lo:
+                    dst[lo - b0 : hi - b0].addcmul_(g[lo - m - i0 : hi - m - i0, None], w[m])
+            if not direct:
+                blocks[b0:b1].copy_(dst)
+
+
+def _grad_input_strided(grad, weight, l, d, runs, grad_input_acc) -> None:
+    T, N, D = grad_input_acc.shape
+    acc = grad_input_acc.dtype
+    w = weight.to(acc).unsqueeze(-1)
+    tile = max(1, _STRIDED_TILE_BYTES // (N * D * 4))
+    for first_token, first_row, count in runs:
+        for t0, r0, n in _tiles(first_token, first_row, count, d, tile):
+            span = (n - 1) * d + 1
+            g = grad[r0 : r0 + n].to(acc)
+            dst = grad_input_acc[t0 : t0 + span + l - 1]
+            for j in range(l):
+                dst[j : j + span : d].addcmul_(g, w[j])
 
 
 def compress_backward(
@@ -111,23 +265,22 @@ def compress_backward(
     T, N, D = input.shape
     l, d = compress_block_size, compress_stride
     acc = accumulation_dtype(input.dtype)
-    grad_input = torch.zeros((T, N, D), dtype=acc, device=input.device)
-    grad_weight = torch.zeros((l, N), dtype=acc, device=input.device)
-    runs = list(_window_runs(T, l, d, actual_seq_len))
-    if runs:
-        w = weight.to(acc).unsqueeze(-1)
-        tile = _tile_windows(N * D * grad_input.element_size())
-        product = torch.empty((tile, N, D), dtype=acc, device=input.device)
-        for first_token, first_row, count in runs:
-            for t0, r0, n in _tiles(first_token, first_row, count, d, tile):
-                span = (n - 1) * d + 1
-                g = grad[r0 : r0 + n].to(acc)
-                x = input[t0 : t0 + span + l - 1].to(acc)
-                dst = grad_input[t0 : t0 + span + l - 1]
-                p = product[:n]
-                for j in range(l):
-                    dst[j : j + span : d].addcmul_(g, w[j])
-                    # grad_weight[j, n] = Σ over windows and D of g * x (per head)
-                    torch.mul(g, x[j : j + span : d], out=p)
-                    grad_weight[j] += p.sum((0, 2))
-    return grad_input.to(input.dtype), grad_weight.to(weight.dtype)
+    runs = _window_runs(T, l, d, actual_seq_len)
+    if not runs or N * D == 0:
+        return (torch.zeros_like(input, memory_format=torch.contiguous_format),
+                torch.zeros((l, N), dtype=weight.dtype, device=input.device))
+    if l % d == 0:
+        grad_input = torch.empty((T, N, D), dtype=input.dtype, device=input.device)
+        # every covered token is written; zero only what no window covers
+        covered_end = 0
+        for first_token, _, count in runs:
+            grad_input[covered_end:first_token].zero_()
+            covered_end = first_token + (count - 1) * d + l
+        grad_input[covered_end:].zero_()
+        _grad_input_blocks(grad, weight, l, d, runs, grad_input)
+    else:
+        grad_input = torch.zeros((T, N, D), dtype=acc, device=input.device)
+        _grad_input_strided(grad, weight, l, d, runs, grad_input)
+        grad_input = grad_input.to(input.dtype)
+    grad_weight = _grad_weight_gemm(grad, input, l, d, runs)
+    return grad_input, grad_weight.t().to(weight.dtype).contiguous()
