@@ -84,19 +84,39 @@ def _describe(plan: rewrite.Plan, op: fx.Node) -> str:
 def _fuse_candidate(graph: fx.Graph, node: fx.Node, found, target: Target, report: FusionReport,
                     fused_ops: dict) -> None:
     if len(found) == 3:  # a pooling op or a loop over windows: windows and reduction found together
-        source, root, reduction = found
-        view, reason = root, None
-    else:
-        source, root = found
-        view, reduction, reason = _find_reduction(root)
-    where = source_line(source.node)
-    if reduction is None:
-        # a block view that nothing tried to reduce is an ordinary reshape, not a candidate
-        if reason is not None or source.spelling.startswith("unfold"):
-            reason = reason or (f"the windows are consumed by {_consumers(root)}, not by a recognised weighted "
-                                "sum or mean over the window axis")
-            report.candidates.append(Candidate(source.spelling, where, False, reason, source.block, source.stride))
+        source, view, reduction = found
+        _fuse_one(graph, source, view, view, reduction, target, report, fused_ops)
         return
+    source, root = found
+    # the same windows may feed several reductions (K and V weights over one unfold): fuse each
+    done: set[fx.Node] = set()
+    for attempt in range(16):
+        view, reduction, reason = _find_reduction(root)
+        if reduction is not None:
+            if reduction.result in done:
+                return  # already rewritten, yet still alive: never rewrite a subgraph twice
+            done.add(reduction.result)
+        if reduction is None:
+            # a block view that nothing tried to reduce is an ordinary reshape, not a candidate
+            if attempt == 0 and (reason is not None or source.spelling.startswith("unfold")):
+                reason = reason or (f"the windows are consumed by {_consumers(root)}, not by a recognised "
+                                    "weighted sum or mean over the window axis")
+                report.candidates.append(Candidate(source.spelling, source_line(source.node), False, reason,
+                                                   source.block, source.stride))
+            elif attempt > 0 and reason is not None:
+                report.candidates.append(Candidate(source.spelling, source_line(source.node), False, reason,
+                                                   source.block, source.stride))
+            return
+        if not _fuse_one(graph, source, root, view, reduction, target, report, fused_ops):
+            return
+        if getattr(root.node, "_erased", False) or not root.node.users:
+            return
+
+
+def _fuse_one(graph: fx.Graph, source: WindowSource, root: WindowView, view: WindowView, reduction: Reduction,
+              target: Target, report: FusionReport, fused_ops: dict) -> bool:
+    """Prove and rewrite one (windows, reduction) pair; report it either way. Returns whether it fused."""
+    where = source_line(source.node)
     pe = " + positional embedding (a bias after the op)" if view.biases else ""
     spelling = f"{source.spelling}{pe} -> {reduction.spelling}"
     try:
@@ -106,12 +126,14 @@ def _fuse_candidate(graph: fx.Graph, node: fx.Node, found, target: Target, repor
         op = rewrite.apply(graph, plan, domain_check=check)
     except NotFused as exc:
         report.candidates.append(Candidate(spelling, where, False, str(exc), source.block, source.stride))
-        return
-    rewrite.erase_dead(graph, root.nodes + view.nodes[len(root.nodes):] + reduction.nodes + [reduction.result])
+        return False
+    old = root.nodes + view.nodes[len(root.nodes):] + reduction.nodes + [reduction.result, plan.replaced]
+    rewrite.erase_dead(graph, list(dict.fromkeys(old)))
     sequences.erase_if_dead(graph, upstream)  # weight views and slices only the old subgraph used
     candidate = Candidate(spelling, where, True, _describe(plan, op), source.block, source.stride)
     report.candidates.append(candidate)
     fused_ops[op] = candidate
+    return True
 
 
 def _merge_loops(graph: fx.Graph, report: FusionReport, fused_ops: dict, strict: bool) -> None:

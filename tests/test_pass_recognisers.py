@@ -448,3 +448,11 @@ def test_the_pass_installs_no_guards(spelling):
     torch.testing.assert_close(out, fn(k, w), rtol=1e-12, atol=1e-12)
     assert len(seen["report"].fused) == 1, str(seen["report"])
     assert seen["guards"][0] == seen["guards"][1]
+
+
+def test_one_unfold_feeding_two_weighted_sums():
+    def f(k, wk, wv):  # one window tensor, separate key and value weights
+        u = k.unfold(1, L, STRIDE)
+        return (u * wk.t()[None, None, :, None, :]).sum(-1) - torch.einsum("bwndl,ln->bwnd", u, wv)
+
+    check_fusion(f, _randn(B, S, N, D), _randn(L, N, seed=1), _randn(L, N, seed=2), fused=2)
