@@ -36,7 +36,7 @@ def _gather(node: fx.Node) -> Optional[tuple[fx.Node, fx.Node]]:
     return x, index
 
 
-def _decode_windows(index: torch.Tensor, length: int, spelling: str) -> tuple[int, int, tuple[int, int], list[int]]:
+def decode_windows(index: torch.Tensor, length: int, spelling: str) -> tuple[int, int, tuple[int, int], list[int]]:
     """Read ``[rows, l]`` token indices as windows: (l, d, (start, end), sequence prefix sums in the span)."""
     rows, block = index.shape
     if rows == 0 or block == 0:
@@ -109,7 +109,7 @@ def gathered_windows(node: fx.Node) -> Optional[tuple[WindowSource, WindowView]]
         if block is None or not tail_ok or index.numel() % block:
             return None
         index = index.reshape(-1, block)
-    block, stride, span, bounds = _decode_windows(index, length, spelling)
+    block, stride, span, bounds = decode_windows(index, length, spelling)
     labels = (WINDOW, OFFSET) + tuple(x_label(k) for k in range(1, x.dim()))
     source_node = view if view is not None else node
     source = WindowSource(source_node, x_node, 0, block, stride, spelling,

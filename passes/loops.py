@@ -16,6 +16,7 @@ from typing import Any, Optional
 import torch
 import torch.fx as fx
 
+from .assembled_sources import decode_windows
 from .candidate import OFFSET, UNIT, WINDOW, NotFused, Reduction, WindowSource, WindowView, x_label
 from .layouts import layouts
 from .nodes import fake_tensor, normalize_dim, op_name, static_int
@@ -109,13 +110,18 @@ def window_loop(node: fx.Node) -> Optional[tuple[WindowSource, WindowView, Reduc
         return None
     src0, view0, red0 = pieces[0]
     starts = [p[0].span[0] for p in pieces]
-    stride = starts[1] - starts[0]
     if any(p[0].x is not src0.x or p[0].seq_dim != src0.seq_dim or p[0].block != src0.block for p in pieces):
         raise NotFused(f"{spelling}: the windows come from different tensors, dims or lengths")
     if not all(_same(red0, red, view0, view) for _, view, red in pieces[1:]):
         raise NotFused(f"{spelling}: the windows are reduced differently (weights not provably equal)")
-    if stride <= 0 or any(b - a != stride for a, b in zip(starts, starts[1:])):
-        raise NotFused(f"{spelling}: window starts {starts[:4]}... do not step by a constant stride")
+    # the window starts, read like gather indices: runs `d` apart are sequences (a loop over cu_seqlens
+    # around the loop over windows packs several)
+    length = static_int(fake_tensor(src0.x).shape[src0.seq_dim])
+    index = torch.tensor(starts)[:, None] + torch.arange(src0.block)
+    block, stride, span, bounds = decode_windows(index, length, spelling)
+    if len(bounds) > 1 and src0.seq_dim != 0:
+        raise NotFused(f"{spelling}: several sequences along dim {src0.seq_dim}; packed sequences must be "
+                       "along dim 0 (TND)")
     dim = normalize_dim(static_int(dim), len(red0.labels) + (1 if join == "stack" else 0))
     if dim is None:
         return None
@@ -125,8 +131,8 @@ def window_loop(node: fx.Node) -> Optional[tuple[WindowSource, WindowView, Reduc
         labels = red0.labels[:dim] + (WINDOW,) + red0.labels[dim + 1:]
     else:
         raise NotFused(f"{spelling}: cat along {red0.labels[dim]} mixes window results into another dim")
-    source = WindowSource(node, src0.x, src0.seq_dim, src0.block, stride, spelling,
-                          span=(starts[0], starts[-1] + src0.block))
+    source = WindowSource(node, src0.x, src0.seq_dim, block, stride, spelling, span=span,
+                          seq_bounds=bounds if len(bounds) > 1 else None)
     nodes = [n for _, view, red in pieces for n in view.nodes + red.nodes]
     view = WindowView(node, view0.labels, cast=view0.cast, nodes=nodes, biases=view0.biases)
     reduction = Reduction(red0.spelling, node, labels, red0.weight, red0.weight_labels, red0.scale, [node])

@@ -17,6 +17,11 @@ from .candidate import OFFSET, UNIT, NotFused, Reduction, WindowView, x_dim
 from .nodes import bind, fake_tensor, is_one, normalize_dim, op_name, proven_int, same_size, static_int
 
 
+def _broadcast(weight: torch.Tensor, dim: int) -> bool:
+    """An ``expand``-ed dim (stride 0): the weight is the same all along it, e.g. ``w[:, :, None].expand(l, N, D)``."""
+    return static_int(weight.stride(dim)) == 0
+
+
 def _weight_labels(view: WindowView, weight: torch.Tensor) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Align a broadcast weight with the windows (right-aligned): (labels of the product, labels of the weight).
 
@@ -32,7 +37,7 @@ def _weight_labels(view: WindowView, weight: torch.Tensor) -> tuple[tuple[str, .
     product_labels = [UNIT] * max(extra, 0) + list(view.labels)
     for k in range(weight.dim()):
         i = k - weight.dim() + len(shape)
-        if i < 0 or is_one(weight.shape[k]):
+        if i < 0 or is_one(weight.shape[k]) or _broadcast(weight, k):
             weight_labels.append(UNIT)
             continue
         label = view.labels[i]
@@ -229,7 +234,7 @@ def window_einsum(view: WindowView, user: fx.Node) -> Optional[Reduction]:
     for k, letter in enumerate(weight_subs):
         label = label_of[letter]
         size = windows.shape[window_subs.index(letter)]
-        if is_one(w.shape[k]):
+        if is_one(w.shape[k]) or _broadcast(w, k):
             weight_labels.append(UNIT)
         elif not same_size(w.shape[k], size):
             raise NotFused(f"einsum weight dim '{letter}' has size {w.shape[k]}, the windows {size}")

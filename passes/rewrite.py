@@ -139,6 +139,9 @@ def build_weight(b: GraphBuilder, plan: Plan, xt: fx.Node) -> fx.Node:
         return b.method("new_full", xt, (block, N), red.scale)
     w = red.weight
     labels = list(red.weight_labels)
+    for k, label in enumerate(labels):  # an expanded (stride-0) dim: one slice holds every value
+        if label == UNIT and static_int(fake_tensor(w).shape[k]) != 1:
+            w = b.method("narrow", w, k, 0, 1)
     order = [labels.index(OFFSET)] if OFFSET in labels else []
     if red.head_label is not None:
         order.append(labels.index(red.head_label))

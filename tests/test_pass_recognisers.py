@@ -456,3 +456,22 @@ def test_one_unfold_feeding_two_weighted_sums():
         return (u * wk.t()[None, None, :, None, :]).sum(-1) - torch.einsum("bwndl,ln->bwnd", u, wv)
 
     check_fusion(f, _randn(B, S, N, D), _randn(L, N, seed=1), _randn(L, N, seed=2), fused=2)
+
+
+def test_torch_npu_golden_loops_over_sequences_and_windows():
+    # the CPU golden of torch_npu's tests: loops over sequences and windows, fp32, expanded weight, stack
+    def golden(x, w, seq=(40, 45, 100)):
+        outs, start = [], 0
+        for end in seq:
+            for i in range(max(0, (end - start - L) // STRIDE + 1)):
+                s = start + i * STRIDE
+                outs.append(torch.sum(x[s : s + L].float() * w.float().unsqueeze(-1).expand(L, N, D), 0))
+            start = end
+        return torch.stack(outs).to(x.dtype)
+
+    capture = GraphCapture()
+    x, w = _randn(100, N, D, dtype=torch.bfloat16), _randn(L, N, dtype=torch.bfloat16, seed=1)
+    report = check_fusion(golden, x, w, fused=1, inner=capture.backend)
+    assert "bfloat16" in report.fused[0].reason  # the fp32 round trip folds into the op
+    (op,) = [n for gm in capture.forward for n in gm.graph.nodes if n.target == torch.ops.nsa_graph.nsa_compress.default]
+    assert len(op.kwargs["actual_seq_len"]) >= 2
