@@ -12,6 +12,8 @@ weight, values with ``unfold`` + a broadcast multiply + ``sum``. Nothing calls n
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 
 import nsa_graph
@@ -45,6 +47,7 @@ def make(dtype: torch.dtype = torch.float32):
 
 
 def compile_for_cpu() -> None:
+    print("== backend='nsa_graph' (fusion, then Inductor), fp32 ==")
     model, (q, k, v) = make()
     print(nsa_graph.explain(model, q, k, v))
     k.requires_grad_()
@@ -67,6 +70,7 @@ def compile_for_torchair() -> None:
     except ota.TorchairNotFetched:
         print("torchair not fetched: run `nsa-graph fetch-torchair` to see the GE graphs")
         return
+    print("\n== nsa_graph.backend(inner=torchair's npu backend), offline torchair, bf16 training step ==")
     model, (q, k, v) = make(torch.bfloat16)
     backend = nsa_graph.backend(inner=torchair.get_npu_backend(compiler_config=torchair.CompilerConfig()))
     torch._dynamo.reset()
@@ -75,8 +79,9 @@ def compile_for_torchair() -> None:
         torch.compile(model, backend=backend)(q, k.requires_grad_(), v).float().sum().backward()
     print(report)
     for graph in ota.recorded_graphs("load"):
-        types = sorted({op.type for op in graph.op} & {"NsaCompress", "NsaCompressGrad"})
-        print(f"GE graph {graph.name}: {len(graph.op)} nodes, NSA nodes: {types}")
+        nsa = Counter(op.type for op in graph.op if op.type in ("NsaCompress", "NsaCompressGrad"))
+        listed = ", ".join(f"{count} x {op_type}" for op_type, count in sorted(nsa.items()))
+        print(f"GE graph {graph.name}: {len(graph.op)} nodes, {listed}")
 
 
 if __name__ == "__main__":
