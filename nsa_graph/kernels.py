@@ -30,9 +30,12 @@ from .contract import sequence_spans, windows_in
 # element, so larger tiles waste more multiplications on the band's zeros and smaller ones make the GEMMs
 # too thin; 4 was fastest at l=32, d=16 (2, 4 and 8 measured).
 _TILE = 4
-# Bytes of the upcast head-major chunk buffer: about half of a 2 MiB L2, so the copy and the GEMM that
-# reads it back meet in cache.
-_CHUNK_BYTES = 1 << 21
+# Bytes of the upcast head-major chunk buffer. Each chunk costs several multi-threaded calls, and on a
+# loaded machine every parallel region can stall for a scheduler time slice, so chunks are as large as
+# speed allows: 1 to 16 MiB measured within noise of each other, 32 MiB slower.
+_CHUNK_BYTES = 1 << 23
+# Below this many output elements the GEMM set-up outweighs its gain: window-by-window loops instead.
+_SMALL = 1 << 15
 # Windows per tile of the strided fallbacks (fp32 output tile of tile * N * D elements).
 _STRIDED_TILE_BYTES = 1 << 18
 
@@ -176,7 +179,9 @@ def compress_forward(
     runs = _window_runs(T, l, d, actual_seq_len)
     rows = sum(count for _, _, count in runs)
     out = torch.empty((rows, N, D), dtype=input.dtype, device=input.device)
-    if rows and N * D:
+    if rows * N * D <= _SMALL:
+        _forward_strided(input, weight, l, d, runs, out)
+    elif rows:
         _forward_gemm(input, weight, l, d, runs, out)
         # The GEMM also multiplies the band's zeros with the tile's other tokens: an inf or NaN token
         # would turn its neighbours' outputs into NaN. Only then (any NaN makes the sum NaN; one pass
@@ -211,6 +216,19 @@ def _grad_weight_gemm(grad: torch.Tensor, input: torch.Tensor, l: int, d: int, r
     return gw
 
 
+def _grad_weight_strided(grad: torch.Tensor, input: torch.Tensor, l: int, d: int, runs) -> torch.Tensor:
+    T, N, D = input.shape
+    acc = accumulation_dtype(input.dtype)
+    gw = torch.zeros((l, N), dtype=acc, device=input.device)
+    for first_token, first_row, count in runs:
+        span = (count - 1) * d + 1
+        g = grad[first_row : first_row + count].to(acc)
+        x = input[first_token : first_token + span + l - 1].to(acc)
+        for j in range(l):
+            gw[j] += (g * x[j : j + span : d]).sum((0, 2))
+    return gw.t()
+
+
 def _grad_input_blocks(grad, weight, l, d, runs, grad_input) -> None:
     """``l % d == 0``: ``gi_blocks[i + m] += w[m*d:(m+1)*d] * g[i]`` for the ``k = l/d`` block offsets m."""
     T, N, D = grad_input.shape
@@ -230,9 +248,13 @@ def _grad_input_blocks(grad, weight, l, d, runs, grad_input) -> None:
             i0, i1 = max(0, b0 - k + 1), min(count, b1)
             g = g_buf[: i1 - i0]
             g.copy_(grad[first_row + i0 : first_row + i1])
-            dst.zero_()
             for m in range(k):
                 lo, hi = max(b0, i0 + m), min(b1, i1 + m)
+                if m == 0 and (lo, hi) == (b0, b1):
+                    torch.mul(g[lo - i0 : hi - i0, None], w[0], out=dst)  # covers the whole tile: no zero pass
+                    continue
+                if m == 0:
+                    dst.zero_()
                 if hi > lo:
                     dst[lo - b0 : hi - b0].addcmul_(g[lo - m - i0 : hi - m - i0, None], w[m])
             if not direct:
@@ -282,5 +304,6 @@ def compress_backward(
         grad_input = torch.zeros((T, N, D), dtype=acc, device=input.device)
         _grad_input_strided(grad, weight, l, d, runs, grad_input)
         grad_input = grad_input.to(input.dtype)
-    grad_weight = _grad_weight_gemm(grad, input, l, d, runs)
+    small = grad.shape[0] * N * D <= _SMALL
+    grad_weight = (_grad_weight_strided if small else _grad_weight_gemm)(grad, input, l, d, runs)
     return grad_input, grad_weight.t().to(weight.dtype).contiguous()
