@@ -145,7 +145,7 @@ def _forward_gemm(input: torch.Tensor, weight: torch.Tensor, l: int, d: int, run
         for t0, r0, n in _tiles(first_token, first_row, count, d, c.windows):
             c.load(input[t0 : t0 + (n - 1) * d + l])
             torch.bmm(band, c.x, out=result_tiles)
-            _store_rounded(out[r0 : r0 + n], result[:, :n].transpose(0, 1))
+            out[r0 : r0 + n].copy_(result[:, :n].transpose(0, 1))
 
 
 def _forward_strided(input: torch.Tensor, weight: torch.Tensor, l: int, d: int, runs, out: torch.Tensor) -> None:
@@ -181,13 +181,19 @@ def compress_forward(
     out = torch.empty((rows, N, D), dtype=input.dtype, device=input.device)
     if rows * N * D <= _SMALL:
         _forward_strided(input, weight, l, d, runs, out)
-    elif rows:
-        _forward_gemm(input, weight, l, d, runs, out)
-        # The GEMM also multiplies the band's zeros with the tile's other tokens: an inf or NaN token
-        # would turn its neighbours' outputs into NaN. Only then (any NaN makes the sum NaN; one pass
-        # instead of isnan's two), recompute window by window.
-        if torch.isnan(out.sum()):
-            _forward_strided(input, weight, l, d, runs, out)
+        return out
+    acc = accumulation_dtype(input.dtype)
+    # fp32 result, rounded once at the end: the rounding's passes run once over the (block/stride times
+    # smaller than the input) output instead of once per chunk
+    result = out if acc == input.dtype else torch.empty((rows, N, D), dtype=acc, device=input.device)
+    _forward_gemm(input, weight, l, d, runs, result)
+    # The GEMM also multiplies the band's zeros with the tile's other tokens: an inf or NaN token would
+    # turn its neighbours' outputs into NaN. Only then (any NaN makes the sum NaN), recompute window by
+    # window.
+    if torch.isnan(result.sum()):
+        _forward_strided(input, weight, l, d, runs, out)
+    elif result is not out:
+        _store_rounded(out, result)
     return out
 
 
@@ -238,7 +244,7 @@ def _grad_input_blocks(grad, weight, l, d, runs, grad_input) -> None:
     direct = grad_input.dtype == acc
     tile = max(1, _CHUNK_BYTES // (d * N * D * 4))  # blocks per tile
     buf = None if direct else torch.empty((tile, d, N, D), dtype=acc, device=grad_input.device)
-    g_buf = torch.empty((tile + k - 1, N, D), dtype=acc, device=grad_input.device)
+    g_buf = None if direct else torch.empty((tile + k - 1, N, D), dtype=acc, device=grad_input.device)
     for first_token, first_row, count in runs:
         blocks = grad_input[first_token : first_token + (count + k - 1) * d].view(count + k - 1, d, N, D)
         for b0 in range(0, count + k - 1, tile):
@@ -246,8 +252,9 @@ def _grad_input_blocks(grad, weight, l, d, runs, grad_input) -> None:
             dst = blocks[b0:b1] if direct else buf[: b1 - b0]
             # windows feeding blocks [b0, b1): i in [b0 - k + 1, b1), clipped to the sequence
             i0, i1 = max(0, b0 - k + 1), min(count, b1)
-            g = g_buf[: i1 - i0]
-            g.copy_(grad[first_row + i0 : first_row + i1])
+            g = grad[first_row + i0 : first_row + i1]
+            if g.dtype != acc:
+                g = g_buf[: i1 - i0].copy_(g)
             for m in range(k):
                 lo, hi = max(b0, i0 + m), min(b1, i1 + m)
                 if m == 0 and (lo, hi) == (b0, b1):
