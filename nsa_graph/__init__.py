@@ -7,7 +7,7 @@ __all__ = ["NsaCompressError", "npu_unsupported_reason", "nsa_compress", "nsa_co
 __version__ = "0.1.0"
 
 # the compile-time API is imported on first use: importing the op never imports the fusion pass
-_LAZY = {"backend": "backends", "install_inductor_pass": "backends", "explain": "explain"}
+_LAZY = {"backend": "backends", "install_inductor_pass": "backends", "explain": "fusion_report"}
 
 
 def __getattr__(name: str):

@@ -10,7 +10,7 @@ from typing import Optional
 # subcommand -> (module, one-line help). Each module defines add_arguments(parser) and run(args) -> int.
 SUBCOMMANDS = {
     "dump-ge": ("nsa_graph.dump_ge", "compile a model with torchair (offline) and print its GE graphs"),
-    "explain": ("nsa_graph.explain", "report every compression candidate in a model: fused or why not"),
+    "explain": ("nsa_graph.fusion_report", "report every compression candidate in a model: fused or why not"),
     "fetch-torchair": ("nsa_graph.offline_torchair", "download torchair from the torch_npu wheel matching torch"),
 }
 

@@ -11,12 +11,13 @@ shows the forward graph (``NsaCompress``) and the backward graph (``NsaCompressG
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
+
+from .user_model import load_model
 
 
 class TinyCompressor(torch.nn.Module):
@@ -40,26 +41,6 @@ def default_model(tokens: int = 96, heads: int = 4, head_dim: int = 128) -> tupl
     model = TinyCompressor(heads=heads)
     kv = torch.randn(tokens, heads, head_dim, dtype=torch.bfloat16)
     return model, (kv,)
-
-
-def load_user_model(spec: str) -> tuple[Any, tuple]:
-    """``path.py:callable``; the callable takes no arguments and returns ``(model, example_inputs)``."""
-    path, sep, name = spec.rpartition(":")
-    if not sep or not path.endswith(".py") or not name:
-        raise ValueError(f"model={spec!r}: expected path/to/file.py:callable")
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"model={spec!r}: no file {path}")
-    module_spec = importlib.util.spec_from_file_location(f"_nsa_graph_user_{Path(path).stem}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    factory: Callable = getattr(module, name, None)
-    if not callable(factory):
-        raise AttributeError(f"model={spec!r}: {path} has no callable {name!r}")
-    built = factory()
-    if not (isinstance(built, tuple) and len(built) == 2 and callable(built[0])):
-        raise TypeError(f"model={spec!r}: {name}() must return (model, example_inputs), got {type(built).__name__}")
-    model, inputs = built
-    return model, tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
 
 
 def _config(torchair: Any, txt_dump: Path | None) -> Any:
@@ -116,7 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from nsa_graph import offline_torchair as ota
 
-    model, inputs = load_user_model(args.model) if args.model else default_model()
+    model, inputs = load_model(args.model) if args.model else default_model()
     training = not args.inference
     graphs = compile_and_record(model, inputs, training=training, dynamic=args.dynamic, txt_dump=args.txt_dump)
     if not graphs:

@@ -161,7 +161,7 @@ def build_weight(b: GraphBuilder, plan: Plan, xt: fx.Node) -> fx.Node:
 
 def build_output(b: GraphBuilder, plan: Plan, out: fx.Node, out_labels: list[str], x: fx.Node) -> fx.Node:
     """The op's ``[rows, N, D]`` output in the reduction's layout."""
-    src, labels = plan.source, list(out_labels)
+    labels = list(out_labels)
     sizes: list[Any] = []
     n_batch = labels.index(WINDOW)
     rows = 1

@@ -15,16 +15,13 @@ Command line (``nsa-graph explain``)::
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
-import types
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 
 from .backends import backend
 from .passes import FusionReport, collecting
+from .user_model import load_model
 
 
 def explain(
@@ -63,40 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dynamic", action="store_true", help="compile with dynamic=True")
 
 
-def _load(spec: str):
-    path, sep, name = spec.rpartition(":")
-    if not sep or not path:
-        raise SystemExit(f"nsa-graph explain: expected path.py:callable, got {spec!r}")
-    file = Path(path).resolve()
-    module_spec = importlib.util.spec_from_file_location(file.stem, file)
-    if module_spec is None or module_spec.loader is None:
-        raise SystemExit(f"nsa-graph explain: cannot load {file}")
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules.setdefault(file.stem, module)
-    module_spec.loader.exec_module(module)
-    return module, name
-
-
 def run(args: argparse.Namespace) -> int:
-    module, name = _load(args.target_spec)
-    obj = getattr(module, name)
-    if args.inputs:
-        model = obj() if isinstance(obj, type) else obj
-        inputs = getattr(module, args.inputs)()
-    else:
-        model, inputs = obj()
-    inputs = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
+    model, inputs = load_model(args.target_spec, args.inputs)
     report = explain(model, *inputs, target=args.target, dynamic=True if args.dynamic else None)
     print(report)
     return 0
-
-
-class _CallableModule(types.ModuleType):
-    """Importing ``nsa_graph.explain`` (the CLI does) binds the package attribute ``nsa_graph.explain`` to this
-    module, shadowing the function; calling the module calls :func:`explain`, so both spellings work."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> FusionReport:
-        return explain(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
