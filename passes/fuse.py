@@ -98,12 +98,10 @@ def _fuse_candidate(graph: fx.Graph, node: fx.Node, found, target: Target, repor
             done.add(reduction.result)
         if reduction is None:
             # a block view that nothing tried to reduce is an ordinary reshape, not a candidate
-            if attempt == 0 and (reason is not None or source.spelling.startswith("unfold")):
-                reason = reason or (f"the windows are consumed by {_consumers(root)}, not by a recognised "
-                                    "weighted sum or mean over the window axis")
-                report.candidates.append(Candidate(source.spelling, source_line(source.node), False, reason,
-                                                   source.block, source.stride))
-            elif attempt > 0 and reason is not None:
+            if attempt == 0 and reason is None and source.spelling.startswith("unfold"):
+                reason = (f"the windows are consumed by {_consumers(root)}, not by a recognised "
+                          "weighted sum or mean over the window axis")
+            if reason is not None:
                 report.candidates.append(Candidate(source.spelling, source_line(source.node), False, reason,
                                                    source.block, source.stride))
             return
