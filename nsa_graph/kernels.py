@@ -4,7 +4,7 @@ The window tensor (``block / stride`` times the input) is never materialised. Th
 consecutive windows whose tokens are copied, upcast and head-major, into one reused buffer small enough to
 stay in cache:
 
-- forward: per head, each tile of ``_TILE`` windows is one small GEMM ``A_n [tile, span] @ X_n [span, D]``
+- forward: per head, each tile of a few windows is one small GEMM ``A_n [tile, span] @ X_n [span, D]``
   with ``A_n`` the banded (Toeplitz) weight matrix, so every (head, tile) of a chunk is one ``bmm`` call;
 - grad_weight: the same tiles, ``X_n [span, D] @ G_n^T [D, tile]``, then the band ``token = i*d + j`` of
   each product is summed over windows;
@@ -28,7 +28,7 @@ from .contract import sequence_spans, windows_in
 
 # Windows per GEMM tile. A tile reads span = (tile-1)*d + l tokens for tile*l useful products per output
 # element, so larger tiles waste more multiplications on the band's zeros and smaller ones make the GEMMs
-# too thin; 4 was fastest at l=32, d=16 (2, 4 and 8 measured).
+# thinner; 4 measured best or level with 2 and 8 at l=32, d=16, for the forward and grad_weight alike.
 _TILE = 4
 # Bytes of the upcast head-major chunk buffer. Each chunk costs several multi-threaded calls, and on a
 # loaded machine every parallel region can stall for a scheduler time slice, so chunks are as large as
@@ -107,9 +107,11 @@ class _ChunkTiles:
     single ``bmm``. Spare tiles compute garbage that is never read.
     """
 
-    def __init__(self, l: int, d: int, N: int, D: int, dtype: torch.dtype, device: torch.device, windows: int):
+    def __init__(
+        self, l: int, d: int, N: int, D: int, dtype: torch.dtype, device: torch.device, windows: int, tile: int
+    ):
         # a tile must not read past its head's region: (tiles-1)*tile*d + span <= per*tile*d
-        self.tile = max(_TILE, -(-(l - d) // d))
+        self.tile = max(tile, -(-(l - d) // d))
         self.span = (self.tile - 1) * d + l
         size = torch.finfo(dtype).bits // 8
         # bounded by the token buffer, by the per-tile weight/product matrices (tile x span each) and by
@@ -132,7 +134,7 @@ class _ChunkTiles:
 def _forward_gemm(input: torch.Tensor, weight: torch.Tensor, l: int, d: int, runs, out: torch.Tensor) -> None:
     T, N, D = input.shape
     acc = accumulation_dtype(input.dtype)
-    c = _ChunkTiles(l, d, N, D, acc, input.device, max(count for _, _, count in runs))
+    c = _ChunkTiles(l, d, N, D, acc, input.device, max(count for _, _, count in runs), _TILE)
     # banded weights of one tile, A[n, i, i*d + j] = w[j, n], repeated for every tile of a chunk
     band = torch.zeros((N, c.tile, c.span), dtype=acc, device=input.device)
     w = weight.to(acc).t()
@@ -145,7 +147,9 @@ def _forward_gemm(input: torch.Tensor, weight: torch.Tensor, l: int, d: int, run
         for t0, r0, n in _tiles(first_token, first_row, count, d, c.windows):
             c.load(input[t0 : t0 + (n - 1) * d + l])
             torch.bmm(band, c.x, out=result_tiles)
-            out[r0 : r0 + n].copy_(result[:, :n].transpose(0, 1))
+            # rounding the cached chunk result directly into the output beats keeping an fp32 copy of the
+            # whole output (its allocation alone costs page faults) and rounding that once
+            _store_rounded(out[r0 : r0 + n], result[:, :n].transpose(0, 1))
 
 
 def _forward_strided(input: torch.Tensor, weight: torch.Tensor, l: int, d: int, runs, out: torch.Tensor) -> None:
@@ -182,18 +186,12 @@ def compress_forward(
     if rows * N * D <= _SMALL:
         _forward_strided(input, weight, l, d, runs, out)
         return out
-    acc = accumulation_dtype(input.dtype)
-    # fp32 result, rounded once at the end: the rounding's passes run once over the (block/stride times
-    # smaller than the input) output instead of once per chunk
-    result = out if acc == input.dtype else torch.empty((rows, N, D), dtype=acc, device=input.device)
-    _forward_gemm(input, weight, l, d, runs, result)
+    _forward_gemm(input, weight, l, d, runs, out)
     # The GEMM also multiplies the band's zeros with the tile's other tokens: an inf or NaN token would
     # turn its neighbours' outputs into NaN. Only then (any NaN makes the sum NaN), recompute window by
     # window.
-    if torch.isnan(result.sum()):
+    if torch.isnan(out.sum()):
         _forward_strided(input, weight, l, d, runs, out)
-    elif result is not out:
-        _store_rounded(out, result)
     return out
 
 
@@ -201,7 +199,7 @@ def _grad_weight_gemm(grad: torch.Tensor, input: torch.Tensor, l: int, d: int, r
     """``gw[j, n] = Σ_i <g[i, n, :], x[s + i*d + j, n, :]>`` as ``[N, l]``."""
     T, N, D = input.shape
     acc = accumulation_dtype(input.dtype)
-    c = _ChunkTiles(l, d, N, D, acc, input.device, max(count for _, _, count in runs))
+    c = _ChunkTiles(l, d, N, D, acc, input.device, max(count for _, _, count in runs), _TILE)
     g = torch.zeros((N, c.per * c.tile, D), dtype=acc, device=input.device)
     g_tiles = g.view(N * c.per, c.tile, D).transpose(1, 2)
     products = torch.empty((N * c.per, c.span, c.tile), dtype=acc, device=input.device)
