@@ -1,7 +1,7 @@
 """Compile-time cost of the fusion pass (passes.fuse_nsa_compress).
 
-    .venv/bin/python benchmarks/pass_cost.py                       # both parts, about a minute or two
-    .venv/bin/python benchmarks/pass_cost.py --sites 10 100 --repeats 3
+    .venv/bin/python benchmarks/pass_cost.py                       # both parts, about three minutes
+    .venv/bin/python benchmarks/pass_cost.py --part b --sites 10 100 300 --profile
 
 (a) Share of the first-call compile spent inside the pass, with ``backend="nsa_graph"``, for
     - the headline case of benchmarks/suite.py: ``(x.unfold(0, 32, 16) * w.t()[:, None, :]).sum(-1)``,
@@ -10,8 +10,9 @@
     "compile" is the first call's wall time minus a steady-state call, each compile with fresh (empty)
     Inductor caches; the pass time is measured by wrapping the pass where the backend calls it. An
     unrelated warm-up compile first pays the one-off start-up of the process's first compile.
-(b) The pass alone on one Dynamo graph holding S compression sites (one per slice of the input). The graph
-    is captured once per S; each timing runs the pass on a fresh copy of it. Time per site should stay flat.
+(b) The pass alone on one Dynamo graph holding S compression sites, each over its own slice of one input
+    (``--separate``: over its own input tensor). The graph is captured once per S; each timing runs the
+    pass on a fresh copy of it. Linear growth shows as a flat time per site.
 """
 
 from __future__ import annotations
@@ -114,14 +115,19 @@ def part_a(repeats: int) -> None:
 
 
 def _many_sites(sites: int, rows: int) -> Callable:
-    """``sites`` independent compressions: each its own slice of ``x`` and its own weight ``w[i]`` (one
-    shared weight over consecutive slices would let the pass merge them into a single varlen op)."""
+    """``sites`` independent compressions, each over its own slice of one ``x`` with its own weight ``w[i]``
+    (one weight shared by consecutive slices would let the pass merge them into a single varlen op)."""
 
-    def fn(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def fn(w: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple((x[i * rows : (i + 1) * rows].unfold(0, 32, 16) * w[i].t()[:, None, :]).sum(-1)
                      for i in range(sites))
 
     return fn
+
+
+def _separate_inputs(w: torch.Tensor, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The same compressions over separate input tensors (no two sites share a base tensor)."""
+    return tuple((x.unfold(0, 32, 16) * w[i].t()[:, None, :]).sum(-1) for i, x in enumerate(xs))
 
 
 def _capture(fn: Callable, *args: torch.Tensor) -> fx.GraphModule:
@@ -143,13 +149,17 @@ def _fresh_copy(gm: fx.GraphModule) -> fx.GraphModule:
     return fx.GraphModule(gm, graph)
 
 
-def part_b(site_counts: list[int], repeats: int) -> None:
-    print(f"(b) the pass alone on one graph with S sites (median of {repeats} runs on fresh copies)")
+def part_b(site_counts: list[int], repeats: int, separate: bool, profile: bool = False) -> None:
+    where = "separate inputs" if separate else "slices of one input"
+    print(f"(b) the pass alone on one graph with S sites over {where} (median of {repeats} runs on fresh copies)")
     rows, baseline = 64, None
     for sites in site_counts:
-        x, w = torch.randn(sites * rows, 2, 4), torch.randn(sites, 32, 2)
+        w = torch.randn(sites, 32, 2)
         t0 = time.perf_counter()
-        gm = _capture(_many_sites(sites, rows), x, w)
+        if separate:
+            gm = _capture(_separate_inputs, w, *(torch.randn(rows, 2, 4) for _ in range(sites)))
+        else:
+            gm = _capture(_many_sites(sites, rows), w, torch.randn(sites * rows, 2, 4))
         capture_s = time.perf_counter() - t0
         nodes = len(gm.graph.nodes)
         samples, fused = [], 0
@@ -165,6 +175,14 @@ def part_b(site_counts: list[int], repeats: int) -> None:
         print(f"  S={sites:5}  {nodes:6} nodes  fused {fused:5}  pass {seconds * 1e3:9.1f} ms  "
               f"{per_site:6.3f} ms/site ({per_site / baseline:4.2f}x the S={site_counts[0]} rate)  "
               f"[Dynamo capture {capture_s:5.1f} s]")
+    if profile:  # where the time goes on the largest graph (cumulative, pass functions only)
+        import cProfile
+        import pstats
+
+        profiler = cProfile.Profile()
+        copy = _fresh_copy(gm)
+        profiler.runcall(fuse_nsa_compress, copy, target="generic")
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(r"passes[/\\]", 12)
 
 
 def main(argv=None) -> None:
@@ -172,12 +190,14 @@ def main(argv=None) -> None:
     p.add_argument("--part", choices=("a", "b", "both"), default="both")
     p.add_argument("--sites", type=int, nargs="+", default=[10, 100, 1000])
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--separate", action="store_true", help="(b): each site over its own input tensor")
+    p.add_argument("--profile", action="store_true", help="(b): cProfile the pass on the largest graph")
     args = p.parse_args(argv)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, nsa_graph {nsa_graph.__version__}")
     if args.part in ("a", "both"):
         part_a(args.repeats)
     if args.part in ("b", "both"):
-        part_b(args.sites, args.repeats)
+        part_b(args.sites, args.repeats, args.separate, args.profile)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Generic (CPU, and any non-NPU device) kernels for NsaCompress and its gradient.
 
 The window tensor (``block / stride`` times the input) is never materialised. The work runs on chunks of
-consecutive windows whose tokens are copied, upcast and head-major, into one reused buffer small enough to
-stay in cache:
+consecutive windows whose tokens are copied, upcast and head-major, into one reused buffer of a few MiB,
+so that the GEMMs read it back from cache:
 
 - forward: per head, each tile of a few windows is one small GEMM ``A_n [tile, span] @ X_n [span, D]``
   with ``A_n`` the banded (Toeplitz) weight matrix, so every (head, tile) of a chunk is one ``bmm`` call;
@@ -34,7 +34,8 @@ _TILE = 4
 # loaded machine every parallel region can stall for a scheduler time slice, so chunks are as large as
 # speed allows: 1 to 16 MiB measured within noise of each other, 32 MiB slower.
 _CHUNK_BYTES = 1 << 23
-# Below this many output elements the GEMM set-up outweighs its gain: window-by-window loops instead.
+# Below this many output elements the GEMM set-up (and one multi-threaded bmm call) costs more than the
+# whole window-by-window loop, whose small calls stay single-threaded.
 _SMALL = 1 << 15
 # Windows per tile of the strided fallbacks (fp32 output tile of tile * N * D elements).
 _STRIDED_TILE_BYTES = 1 << 18
@@ -57,7 +58,9 @@ def _window_runs(
     return runs
 
 
-def _tiles(first_token: int, first_row: int, count: int, stride: int, tile: int) -> Iterator[tuple[int, int, int]]:
+def _tiles(
+    first_token: int, first_row: int, count: int, stride: int, tile: int
+) -> Iterator[tuple[int, int, int]]:
     for i in range(0, count, tile):
         n = min(tile, count - i)
         yield first_token + i * stride, first_row + i, n
@@ -120,7 +123,6 @@ class _ChunkTiles:
         self.tiles = max(1, min(_CHUNK_BYTES // per_tile, -(-windows // self.tile)))
         self.windows = self.tiles * self.tile  # windows per chunk
         self.per = self.tiles + 1
-        self.N, self.D, self.d = N, D, d
         region = self.per * self.tile * d
         buf = torch.zeros((N * region + self.span, D), dtype=dtype, device=device)
         self.heads = buf[: N * region].view(N, region, D)
@@ -152,7 +154,9 @@ def _forward_gemm(input: torch.Tensor, weight: torch.Tensor, l: int, d: int, run
             _store_rounded(out[r0 : r0 + n], result[:, :n].transpose(0, 1))
 
 
-def _forward_strided(input: torch.Tensor, weight: torch.Tensor, l: int, d: int, runs, out: torch.Tensor) -> None:
+def _forward_strided(
+    input: torch.Tensor, weight: torch.Tensor, l: int, d: int, runs, out: torch.Tensor
+) -> None:
     """``out += w[j] * x[j::d]`` per window offset: each output depends only on its own window's tokens."""
     T, N, D = input.shape
     acc = accumulation_dtype(input.dtype)
@@ -221,6 +225,7 @@ def _grad_weight_gemm(grad: torch.Tensor, input: torch.Tensor, l: int, d: int, r
 
 
 def _grad_weight_strided(grad: torch.Tensor, input: torch.Tensor, l: int, d: int, runs) -> torch.Tensor:
+    """Small problems: one product and sum per window offset ``j``, as ``[N, l]``."""
     T, N, D = input.shape
     acc = accumulation_dtype(input.dtype)
     gw = torch.zeros((l, N), dtype=acc, device=input.device)
