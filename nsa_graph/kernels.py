@@ -134,24 +134,44 @@ class _ChunkTiles:
 
 
 def _forward_gemm(input: torch.Tensor, weight: torch.Tensor, l: int, d: int, runs, out: torch.Tensor) -> None:
+    """Per chunk and head, one ``bmm`` of the tile's banded weights with the chunk's overlapping tiles.
+
+    The chunk stays token-major (a plain upcast copy, or the fp32 input itself): each head's tiles are a
+    strided view with row stride ``N * D``, so no transposing copy is needed.
+    """
     T, N, D = input.shape
     acc = accumulation_dtype(input.dtype)
-    c = _ChunkTiles(l, d, N, D, acc, input.device, max(count for _, _, count in runs), _TILE)
-    # banded weights of one tile, A[n, i, i*d + j] = w[j, n], repeated for every tile of a chunk
-    band = torch.zeros((N, c.tile, c.span), dtype=acc, device=input.device)
+    direct = input.dtype == acc and input.is_contiguous()  # the tile views assume the row stride N * D
+    # reading straight from the input favours thinner tiles (fewer wasted products on the band's zeros)
+    tile = max(2 if direct else _TILE, -(-(l - d) // d))
+    span = (tile - 1) * d + l
+    windows = max(count for _, _, count in runs)
+    tiles = max(1, min(_CHUNK_BYTES // (tile * d * N * D * 4), -(-windows // tile)))
+    need = (tiles - 1) * tile * d + span  # tokens read by one chunk's tiles
+    buf: Optional[torch.Tensor] = None  # upcast chunk, or the input's tail when direct
+    # banded weights of one tile, band[n, i, i*d + j] = w[j, n], the same for every tile
+    band = torch.zeros((N, tile, span), dtype=acc, device=input.device)
     w = weight.to(acc).t()
-    for i in range(c.tile):
+    for i in range(tile):
         band[:, i, i * d : i * d + l] = w
-    band = band[:, None].expand(N, c.per, c.tile, c.span).reshape(N * c.per, c.tile, c.span)
-    result = torch.empty((N, c.per * c.tile, D), dtype=acc, device=input.device)
-    result_tiles = result.view(N * c.per, c.tile, D)
+    band = band[:, None].expand(N, tiles, tile, span)
+    result = torch.empty((N, tiles, tile, D), dtype=acc, device=input.device)
     for first_token, first_row, count in runs:
-        for t0, r0, n in _tiles(first_token, first_row, count, d, c.windows):
-            c.load(input[t0 : t0 + (n - 1) * d + l])
-            torch.bmm(band, c.x, out=result_tiles)
+        for t0, r0, n in _tiles(first_token, first_row, count, d, tiles * tile):
+            if direct and t0 + need <= T:
+                # tiles past the sequence's last window read real tokens; their rows are never stored
+                src = input[t0 : t0 + need]
+            else:
+                if buf is None:
+                    buf = torch.zeros((need, N, D), dtype=acc, device=input.device)
+                src = buf
+                src[: (n - 1) * d + l].copy_(input[t0 : t0 + (n - 1) * d + l])
+            for h in range(N):
+                tiles_h = src[:, h].as_strided((tiles, span, D), (tile * d * N * D, N * D, 1))
+                torch.bmm(band[h], tiles_h, out=result[h])
             # rounding the cached chunk result directly into the output beats keeping an fp32 copy of the
             # whole output (its allocation alone costs page faults) and rounding that once
-            _store_rounded(out[r0 : r0 + n], result[:, :n].transpose(0, 1))
+            _store_rounded(out[r0 : r0 + n], result.view(N, tiles * tile, D)[:, :n].transpose(0, 1))
 
 
 def _forward_strided(
