@@ -1,13 +1,14 @@
 """Generic (CPU, and any non-NPU device) kernels for NsaCompress and its gradient.
 
 The window tensor (``block / stride`` times the input) is never materialised. The work runs on chunks of
-consecutive windows whose tokens are copied, upcast and head-major, into one reused buffer of a few MiB,
-so that the GEMMs read it back from cache:
+consecutive windows whose tokens (upcast into one reused token-major buffer of a few MiB, or the fp32 input
+itself) are viewed as overlapping tiles of a few windows each, per head a strided ``[tiles, span, D]`` view
+with row stride ``N * D``:
 
-- forward: per head, each tile of a few windows is one small GEMM ``A_n [tile, span] @ X_n [span, D]``
-  with ``A_n`` the banded (Toeplitz) weight matrix, so every (head, tile) of a chunk is one ``bmm`` call;
-- grad_weight: the same tiles, ``X_n [span, D] @ G_n^T [D, tile]``, then the band ``token = i*d + j`` of
-  each product is summed over windows;
+- forward: per chunk and head one ``bmm`` of the tile's banded (Toeplitz) weight matrix
+  ``A_n [tile, span]`` with the tiles;
+- grad_weight: per chunk and head one ``bmm`` ``X_n [span, D] @ G_n^T [D, tile]``, then the band
+  ``token = i*d + j`` of each product is summed over windows;
 - grad_input: for ``l % d == 0`` the sequence is viewed as blocks of ``d`` tokens and
   ``gi_blocks[i + m] += w[m*d:(m+1)*d] * g[i]`` is ``l / d`` large ``addcmul_`` calls; otherwise one strided
   ``addcmul_`` per window offset ``j``.
@@ -28,11 +29,12 @@ from .contract import sequence_spans, windows_in
 
 # Windows per GEMM tile. A tile reads span = (tile-1)*d + l tokens for tile*l useful products per output
 # element, so larger tiles waste more multiplications on the band's zeros and smaller ones make the GEMMs
-# thinner; 4 measured best or level with 2 and 8 at l=32, d=16, for the forward and grad_weight alike.
+# thinner. At l=32, d=16, 4 measured best or level with 2 and 8, except for the forward reading fp32 input
+# in place, which is fastest with 2.
 _TILE = 4
-# Bytes of the upcast head-major chunk buffer. Each chunk costs several multi-threaded calls, and on a
-# loaded machine every parallel region can stall for a scheduler time slice, so chunks are as large as
-# speed allows: 1 to 16 MiB measured within noise of each other, 32 MiB slower.
+# Bytes of one chunk's fp32 tokens. Each chunk costs several multi-threaded calls, and on a loaded
+# machine every parallel region can stall for a scheduler time slice, so chunks are as large as speed
+# allows: 1 to 16 MiB measured within noise of each other, 32 MiB slower.
 _CHUNK_BYTES = 1 << 23
 # Below this many output elements the GEMM set-up (and one multi-threaded bmm call) costs more than the
 # whole window-by-window loop, whose small calls stay single-threaded.
@@ -100,37 +102,6 @@ def _store_rounded(dst: torch.Tensor, src: torch.Tensor) -> None:
         dst.copy_(round_half_away_from_zero(src, torch.float16))
     else:
         dst.copy_(src)
-
-
-class _ChunkTiles:
-    """A reused, zero-initialised, head-major copy of one chunk's tokens, seen as GEMM tiles.
-
-    Each head's region holds one spare tile, so that tile ``t`` of head ``n`` starts at
-    ``(n * per + t) * tile * d`` tokens: all (head, tile) pairs share one batch stride and a chunk is a
-    single ``bmm``. Spare tiles compute garbage that is never read.
-    """
-
-    def __init__(
-        self, l: int, d: int, N: int, D: int, dtype: torch.dtype, device: torch.device, windows: int, tile: int
-    ):
-        # a tile must not read past its head's region: (tiles-1)*tile*d + span <= per*tile*d
-        self.tile = max(tile, -(-(l - d) // d))
-        self.span = (self.tile - 1) * d + l
-        size = torch.finfo(dtype).bits // 8
-        # bounded by the token buffer, by the per-tile weight/product matrices (tile x span each) and by
-        # the longest sequence's window count
-        per_tile = max(d * N * D, N * self.span) * self.tile * size
-        self.tiles = max(1, min(_CHUNK_BYTES // per_tile, -(-windows // self.tile)))
-        self.windows = self.tiles * self.tile  # windows per chunk
-        self.per = self.tiles + 1
-        region = self.per * self.tile * d
-        buf = torch.zeros((N * region + self.span, D), dtype=dtype, device=device)
-        self.heads = buf[: N * region].view(N, region, D)
-        self.x = buf.as_strided((N * self.per, self.span, D), (self.tile * d * D, D, 1))
-
-    def load(self, tokens: torch.Tensor) -> None:
-        """Copy (and upcast) ``tokens [n, N, D]`` into the head-major buffer."""
-        self.heads[:, : tokens.shape[0]].copy_(tokens.transpose(0, 1))
 
 
 def _forward_gemm(input: torch.Tensor, weight: torch.Tensor, l: int, d: int, runs, out: torch.Tensor) -> None:
@@ -220,24 +191,49 @@ def compress_forward(
 
 
 def _grad_weight_gemm(grad: torch.Tensor, input: torch.Tensor, l: int, d: int, runs) -> torch.Tensor:
-    """``gw[j, n] = Σ_i <g[i, n, :], x[s + i*d + j, n, :]>`` as ``[N, l]``."""
+    """``gw[j, n] = Σ_i <g[i, n, :], x[s + i*d + j, n, :]>`` as ``[N, l]``.
+
+    Per chunk and head, one ``bmm`` of the overlapping token tiles with the tile's gradient rows
+    (``[span, D] @ [D, tile]``, both strided views of token-major chunks); the band
+    ``token = i*d + j`` of each product holds window i's terms.
+    """
     T, N, D = input.shape
     acc = accumulation_dtype(input.dtype)
-    c = _ChunkTiles(l, d, N, D, acc, input.device, max(count for _, _, count in runs), _TILE)
-    g = torch.zeros((N, c.per * c.tile, D), dtype=acc, device=input.device)
-    g_tiles = g.view(N * c.per, c.tile, D).transpose(1, 2)
-    products = torch.empty((N * c.per, c.span, c.tile), dtype=acc, device=input.device)
-    # product[b, i*d + j, i] is window i's term for offset j
-    band = products.as_strided(
-        (N, c.per, c.tile, l), (c.per * c.span * c.tile, c.span * c.tile, d * c.tile + 1, c.tile)
-    )
+    tile = max(_TILE, -(-(l - d) // d))
+    span = (tile - 1) * d + l
+    windows = max(count for _, _, count in runs)
+    tiles = max(1, min(_CHUNK_BYTES // (tile * d * N * D * 4), -(-windows // tile)))
+    need = (tiles - 1) * tile * d + span
+    direct_x = input.dtype == acc and input.is_contiguous()  # tile views assume the row stride N * D
+    direct_g = grad.dtype == acc and grad.is_contiguous()
+    x_buf: Optional[torch.Tensor] = None
+    g_buf: Optional[torch.Tensor] = None
+    products = torch.empty((N, tiles, span, tile), dtype=acc, device=input.device)
+    # products[n, p, i*d + j, i] is window (p, i)'s term for offset j
+    band = products.as_strided((N, tiles, tile, l), (tiles * span * tile, span * tile, d * tile + 1, tile))
     gw = torch.zeros((N, l), dtype=acc, device=input.device)
     for first_token, first_row, count in runs:
-        for t0, r0, n in _tiles(first_token, first_row, count, d, c.windows):
-            c.load(input[t0 : t0 + (n - 1) * d + l])
-            g[:, :n].copy_(grad[r0 : r0 + n].transpose(0, 1))
-            torch.bmm(c.x, g_tiles, out=products)
-            full, rest = divmod(n, c.tile)
+        for t0, r0, n in _tiles(first_token, first_row, count, d, tiles * tile):
+            # columns and tokens past the sequence's last window are computed but never summed
+            if direct_x and t0 + need <= T:
+                x = input[t0 : t0 + need]
+            else:
+                if x_buf is None:
+                    x_buf = torch.zeros((need, N, D), dtype=acc, device=input.device)
+                x = x_buf
+                x[: (n - 1) * d + l].copy_(input[t0 : t0 + (n - 1) * d + l])
+            if direct_g and r0 + tiles * tile <= grad.shape[0]:
+                g = grad[r0 : r0 + tiles * tile]
+            else:
+                if g_buf is None:
+                    g_buf = torch.zeros((tiles * tile, N, D), dtype=acc, device=input.device)
+                g = g_buf
+                g[:n].copy_(grad[r0 : r0 + n])
+            for h in range(N):
+                x_h = x[:, h].as_strided((tiles, span, D), (tile * d * N * D, N * D, 1))
+                g_h = g[:, h].as_strided((tiles, D, tile), (tile * N * D, 1, N * D))
+                torch.bmm(x_h, g_h, out=products[h])
+            full, rest = divmod(n, tile)
             gw += band[:, :full].sum((1, 2))
             if rest:
                 gw += band[:, full, :rest].sum(1)
