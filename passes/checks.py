@@ -38,14 +38,27 @@ def _aliases(node: fx.Node) -> set[fx.Node]:
     return seen
 
 
-def check_no_mutation(nodes: list[fx.Node]) -> None:
+def inplace_writes(graph: fx.Graph) -> dict[fx.Node, fx.Node]:
+    """Every node aliasing a tensor that is written in place -> the node that writes it.
+
+    Computed once per pass run (linear in the graph), so checking a candidate is a set lookup; the rewrite
+    adds no in-place ops and never removes one, so the map stays valid while the pass runs.
+    """
+    written: dict[fx.Node, fx.Node] = {}
+    for user in graph.nodes:
+        if is_inplace(user) and user.args and isinstance(user.args[0], fx.Node):
+            for alias in _aliases(user.args[0]):
+                written.setdefault(alias, user)
+    return written
+
+
+def check_no_mutation(nodes: list[fx.Node], written: dict[fx.Node, fx.Node]) -> None:
     """Reject if any tensor read by the candidate (or an alias of it) is written in place anywhere in the graph."""
     for node in nodes:
-        for alias in _aliases(node):
-            for user in alias.users:
-                if is_inplace(user) and user.args and user.args[0] is alias:
-                    raise NotFused(f"{alias.name} is modified in place by `{user.format_node()}` "
-                                   f"({source_line(user)}); the fused op would read a different value")
+        writer = written.get(node)
+        if writer is not None:
+            raise NotFused(f"{node.name} (or a view of it) is modified in place by `{writer.format_node()}` "
+                           f"({source_line(writer)}); the fused op would read a different value")
 
 
 _PADS = {torch._C._nn.pad, torch.nn.functional.pad, torch.constant_pad_nd}

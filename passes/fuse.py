@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
 import torch.fx as fx
@@ -55,12 +56,23 @@ def _consumers(root: WindowView) -> str:
     return ", ".join(names) or "nothing"
 
 
-def _plan(source: WindowSource, view: WindowView, reduction: Reduction) -> rewrite.Plan:
+@dataclass
+class _Run:
+    """One run of the pass over one graph."""
+
+    graph: fx.Graph
+    target: Target
+    report: FusionReport
+    written: dict[fx.Node, fx.Node]  # tensors (and their aliases) written in place -> the writer
+    fused_ops: dict[fx.Node, Candidate] = field(default_factory=dict)  # op node -> its candidate
+
+
+def _plan(run: _Run, source: WindowSource, view: WindowView, reduction: Reduction) -> rewrite.Plan:
     checks.check_result(source, view, reduction)
     checks.check_not_padded(source)
     weight = [reduction.weight] if reduction.weight is not None else []
     biases = [pe for pe, _ in view.biases]
-    checks.check_no_mutation([source.x] + weight + biases + view.nodes + reduction.nodes)
+    checks.check_no_mutation([source.x] + weight + biases + view.nodes + reduction.nodes, run.written)
     x = fake_tensor(source.x)
     back = checks.cast_back(view, reduction, x)
     if back is not None:
@@ -81,11 +93,10 @@ def _describe(plan: rewrite.Plan, op: fx.Node) -> str:
             f"{str(plan.dtype).replace('torch.', '')})")
 
 
-def _fuse_candidate(graph: fx.Graph, node: fx.Node, found, target: Target, report: FusionReport,
-                    fused_ops: dict) -> None:
+def _fuse_candidate(run: _Run, found) -> None:
     if len(found) == 3:  # a pooling op or a loop over windows: windows and reduction found together
         source, view, reduction = found
-        _fuse_one(graph, source, view, view, reduction, target, report, fused_ops)
+        _fuse_one(run, source, view, view, reduction)
         return
     source, root = found
     # the same windows may feed several reductions (K and V weights over one unfold): fuse each
@@ -102,35 +113,34 @@ def _fuse_candidate(graph: fx.Graph, node: fx.Node, found, target: Target, repor
                 reason = (f"the windows are consumed by {_consumers(root)}, not by a recognised "
                           "weighted sum or mean over the window axis")
             if reason is not None:
-                report.candidates.append(Candidate(source.spelling, source_line(source.node), False, reason,
-                                                   source.block, source.stride))
+                run.report.candidates.append(Candidate(source.spelling, source_line(source.node), False, reason,
+                                                       source.block, source.stride))
             return
-        if not _fuse_one(graph, source, root, view, reduction, target, report, fused_ops):
+        if not _fuse_one(run, source, root, view, reduction):
             return
         if getattr(root.node, "_erased", False) or not root.node.users:
             return
 
 
-def _fuse_one(graph: fx.Graph, source: WindowSource, root: WindowView, view: WindowView, reduction: Reduction,
-              target: Target, report: FusionReport, fused_ops: dict) -> bool:
+def _fuse_one(run: _Run, source: WindowSource, root: WindowView, view: WindowView, reduction: Reduction) -> bool:
     """Prove and rewrite one (windows, reduction) pair; report it either way. Returns whether it fused."""
     where = source_line(source.node)
     pe = " + positional embedding (a bias after the op)" if view.biases else ""
     spelling = f"{source.spelling}{pe} -> {reduction.spelling}"
     try:
-        plan = _plan(source, view, reduction)
-        check = npu_unsupported_reason if target == "npu" else None
+        plan = _plan(run, source, view, reduction)
+        check = npu_unsupported_reason if run.target == "npu" else None
         upstream = sequences.ancestors(reduction.result)
-        op = rewrite.apply(graph, plan, domain_check=check)
+        op = rewrite.apply(run.graph, plan, domain_check=check)
     except NotFused as exc:
-        report.candidates.append(Candidate(spelling, where, False, str(exc), source.block, source.stride))
+        run.report.candidates.append(Candidate(spelling, where, False, str(exc), source.block, source.stride))
         return False
     old = root.nodes + view.nodes[len(root.nodes):] + reduction.nodes + [reduction.result, plan.replaced]
-    rewrite.erase_dead(graph, list(dict.fromkeys(old)))
-    sequences.erase_if_dead(graph, upstream)  # weight views and slices only the old subgraph used
+    rewrite.erase_dead(run.graph, list(dict.fromkeys(old)))
+    sequences.erase_if_dead(run.graph, upstream)  # weight views and slices only the old subgraph used
     candidate = Candidate(spelling, where, True, _describe(plan, op), source.block, source.stride)
-    report.candidates.append(candidate)
-    fused_ops[op] = candidate
+    run.report.candidates.append(candidate)
+    run.fused_ops[op] = candidate
     return True
 
 
@@ -173,7 +183,7 @@ def fuse_nsa_compress(
     strict = strict_default() if strict is None else strict
     graph = gm.graph if isinstance(gm, fx.GraphModule) else gm
     report = FusionReport()
-    fused_ops: dict[fx.Node, Candidate] = {}  # op node -> its candidate
+    run = _Run(graph, target, report, checks.inplace_writes(graph))
     for node in list(graph.nodes):
         if getattr(node, "_erased", False):
             continue
@@ -182,7 +192,7 @@ def fuse_nsa_compress(
             try:
                 found = recognise(node)
                 if found is not None:
-                    _fuse_candidate(graph, node, found, target, report, fused_ops)
+                    _fuse_candidate(run, found)
             except NotFused as exc:
                 name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", node.name)
                 report.candidates.append(Candidate(str(name), source_line(node), False, str(exc)))
@@ -195,7 +205,7 @@ def fuse_nsa_compress(
             if found is not None:
                 break
     if report.fused:
-        _merge_loops(graph, report, fused_ops, strict)
+        _merge_loops(graph, report, run.fused_ops, strict)
         graph.lint()
         if isinstance(gm, fx.GraphModule):
             gm.recompile()
