@@ -53,14 +53,20 @@ def nsa_compress_decomposition(
     actual_seq_len: Optional[Sequence[int]] = None,
 ) -> torch.Tensor:
     l, d = compress_block_size, compress_stride
-    acc = accumulation_dtype(input.dtype)
+    # Inductor computes fp16/bf16 arithmetic in fp32 and casts once at the store, so the product and sum
+    # written in the input dtype are exactly the kernels' fp32 accumulation, fused into the reduction
+    # loop; an explicit upcast would make it materialise an fp32 result and convert it in a second loop.
+    # Where intermediate casts are emulated (`emulate_precision_casts`), the upcast is written out.
+    from torch._inductor import config
+
+    acc = accumulation_dtype(input.dtype) if config.emulate_precision_casts else input.dtype
     w = weight.to(acc).t()[:, None, :]  # [N, 1, l]
     pieces = []
     for start, end in sequence_spans(input.shape[0], actual_seq_len):
         u = _windows(input, start, end, l, d, windows_in(end - start, l, d))
         pieces.append((u.to(acc) * w).sum(-1))
     out = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-    # Inductor's cast rounds to nearest-even: one ulp from the kernels' ties-away result on exact ties only
+    # the final cast rounds to nearest-even: one ulp from the kernels' ties-away result on exact ties only
     # (emulating ties-away here costs ~20% of the bf16 forward); the accumulation order differs anyway
     return out.to(input.dtype)
 
