@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from torchair._ge_concrete_graph import ge_apis as ge
 from torchair._ge_concrete_graph import ge_ir_pb2
+from torchair._ge_concrete_graph.fx2ge_converter import declare_supported, register_fx_node_ge_converter
 from torchair.ge import Const, DataType, Tensor, attr
 
 from nsa_graph.contract import NPU_DTYPES, NsaCompressError, npu_unsupported_reason
@@ -81,6 +82,20 @@ def compress_attrs(block: int, stride: int) -> dict[str, Any]:
         "actSeqLenType": attr.Int(ACT_SEQ_LEN_TYPE),
         "layoutOptional": attr.Str(LAYOUT),
     }
+
+
+def lower_torch_npu_op(name: str, fake: Callable, converter: Callable, supported: list) -> Optional[torch._ops.OpOverload]:
+    """Lower ``torch.ops.npu.<name>`` with ``converter`` too, giving it ``fake`` if torch_npu has no fake impl.
+
+    Returns the op, or None when torch_npu (or anything else) has not defined it.
+    """
+    op = torch_npu_op(name)
+    if op is None:
+        return None
+    if not has_fake_impl(op):
+        torch.library.register_fake(op._schema.name, fake)
+    declare_supported(supported)(register_fx_node_ge_converter(op)(converter))
+    return op
 
 
 def torch_npu_op(name: str) -> Optional[torch._ops.OpOverload]:

@@ -22,7 +22,7 @@ from torchair.ge import Tensor, custom_op
 
 from nsa_graph.contract import NsaCompressError, check_compress_args
 
-from ._common import check_npu_domain, compress_attrs, has_fake_impl, seq_len_input, torch_npu_op
+from ._common import check_npu_domain, compress_attrs, lower_torch_npu_op, seq_len_input
 
 SUPPORTED = [
     Support(BF16(3, 4, 128), BF16(64, 4, 128), BF16(32, 4), 32, 16),
@@ -73,10 +73,5 @@ def _npu_nsa_compress_grad_fake(grad, input, weight, compress_block_size, compre
 
 def register_torch_npu() -> Optional[torch._ops.OpOverload]:
     """Lower ``torch.ops.npu.npu_nsa_compress_grad`` too, with a fake impl if it has none; the op or None."""
-    op = torch_npu_op("npu_nsa_compress_grad")
-    if op is None:
-        return None
-    if not has_fake_impl(op):
-        torch.library.register_fake(op._schema.name, _npu_nsa_compress_grad_fake)
-    declare_supported(SUPPORTED)(register_fx_node_ge_converter(op)(convert_nsa_compress_grad))
-    return op
+    return lower_torch_npu_op("npu_nsa_compress_grad", _npu_nsa_compress_grad_fake, convert_nsa_compress_grad,
+                              SUPPORTED)
