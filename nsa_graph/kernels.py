@@ -104,6 +104,27 @@ def _store_rounded(dst: torch.Tensor, src: torch.Tensor) -> None:
         dst.copy_(src)
 
 
+class _ChunkReader:
+    """Rows ``[start, start + size)`` of ``src`` in the accumulation dtype, token-major (row stride N * D).
+
+    A view of ``src`` when it can be read in place; otherwise the ``valid`` rows are upcast into one reused
+    buffer (rows past ``valid`` hold zeros or an earlier chunk's values: the callers never use their results).
+    """
+
+    def __init__(self, src: torch.Tensor, size: int, acc: torch.dtype):
+        self.src, self.size, self.acc = src, size, acc
+        self.direct = src.dtype == acc and src.is_contiguous()
+        self.buf: Optional[torch.Tensor] = None
+
+    def read(self, start: int, valid: int) -> torch.Tensor:
+        if self.direct and start + self.size <= self.src.shape[0]:
+            return self.src[start : start + self.size]
+        if self.buf is None:
+            self.buf = torch.zeros((self.size, *self.src.shape[1:]), dtype=self.acc, device=self.src.device)
+        self.buf[:valid].copy_(self.src[start : start + valid])
+        return self.buf
+
+
 def _forward_gemm(input: torch.Tensor, weight: torch.Tensor, l: int, d: int, runs, out: torch.Tensor) -> None:
     """Per chunk and head, one ``bmm`` of the tile's banded weights with the chunk's overlapping tiles.
 
@@ -119,7 +140,7 @@ def _forward_gemm(input: torch.Tensor, weight: torch.Tensor, l: int, d: int, run
     windows = max(count for _, _, count in runs)
     tiles = max(1, min(_CHUNK_BYTES // (tile * d * N * D * 4), -(-windows // tile)))
     need = (tiles - 1) * tile * d + span  # tokens read by one chunk's tiles
-    buf: Optional[torch.Tensor] = None  # upcast chunk, or the input's tail when direct
+    reader = _ChunkReader(input, need, acc)
     # banded weights of one tile, band[n, i, i*d + j] = w[j, n], the same for every tile
     band = torch.zeros((N, tile, span), dtype=acc, device=input.device)
     w = weight.to(acc).t()
@@ -129,14 +150,8 @@ def _forward_gemm(input: torch.Tensor, weight: torch.Tensor, l: int, d: int, run
     result = torch.empty((N, tiles, tile, D), dtype=acc, device=input.device)
     for first_token, first_row, count in runs:
         for t0, r0, n in _tiles(first_token, first_row, count, d, tiles * tile):
-            if direct and t0 + need <= T:
-                # tiles past the sequence's last window read real tokens; their rows are never stored
-                src = input[t0 : t0 + need]
-            else:
-                if buf is None:
-                    buf = torch.zeros((need, N, D), dtype=acc, device=input.device)
-                src = buf
-                src[: (n - 1) * d + l].copy_(input[t0 : t0 + (n - 1) * d + l])
+            # tiles past the sequence's last window read other tokens; their rows are never stored
+            src = reader.read(t0, (n - 1) * d + l)
             for h in range(N):
                 tiles_h = src[:, h].as_strided((tiles, span, D), (tile * d * N * D, N * D, 1))
                 torch.bmm(band[h], tiles_h, out=result[h])
@@ -204,10 +219,7 @@ def _grad_weight_gemm(grad: torch.Tensor, input: torch.Tensor, l: int, d: int, r
     windows = max(count for _, _, count in runs)
     tiles = max(1, min(_CHUNK_BYTES // (tile * d * N * D * 4), -(-windows // tile)))
     need = (tiles - 1) * tile * d + span
-    direct_x = input.dtype == acc and input.is_contiguous()  # tile views assume the row stride N * D
-    direct_g = grad.dtype == acc and grad.is_contiguous()
-    x_buf: Optional[torch.Tensor] = None
-    g_buf: Optional[torch.Tensor] = None
+    x_reader, g_reader = _ChunkReader(input, need, acc), _ChunkReader(grad, tiles * tile, acc)
     products = torch.empty((N, tiles, span, tile), dtype=acc, device=input.device)
     # products[n, p, i*d + j, i] is window (p, i)'s term for offset j
     band = products.as_strided((N, tiles, tile, l), (tiles * span * tile, span * tile, d * tile + 1, tile))
@@ -215,20 +227,8 @@ def _grad_weight_gemm(grad: torch.Tensor, input: torch.Tensor, l: int, d: int, r
     for first_token, first_row, count in runs:
         for t0, r0, n in _tiles(first_token, first_row, count, d, tiles * tile):
             # columns and tokens past the sequence's last window are computed but never summed
-            if direct_x and t0 + need <= T:
-                x = input[t0 : t0 + need]
-            else:
-                if x_buf is None:
-                    x_buf = torch.zeros((need, N, D), dtype=acc, device=input.device)
-                x = x_buf
-                x[: (n - 1) * d + l].copy_(input[t0 : t0 + (n - 1) * d + l])
-            if direct_g and r0 + tiles * tile <= grad.shape[0]:
-                g = grad[r0 : r0 + tiles * tile]
-            else:
-                if g_buf is None:
-                    g_buf = torch.zeros((tiles * tile, N, D), dtype=acc, device=input.device)
-                g = g_buf
-                g[:n].copy_(grad[r0 : r0 + n])
+            x = x_reader.read(t0, (n - 1) * d + l)
+            g = g_reader.read(r0, n)
             for h in range(N):
                 x_h = x[:, h].as_strided((tiles, span, D), (tile * d * N * D, N * D, 1))
                 g_h = g[:, h].as_strided((tiles, D, tile), (tile * N * D, 1, N * D))
