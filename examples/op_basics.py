@@ -30,7 +30,9 @@ def compress(x, w, seq):
 
 counter = CompileCounterWithBackend("inductor")
 compiled = torch.compile(compress, backend=counter, fullgraph=True, dynamic=True)
-for seq in ([300, 320, 1020], [100, 600, 900], [0, 512, 2048]):
+# every sequence holds at least 2 windows: sizes 0 and 1 (an empty or short sequence, a leading 0) are
+# specialised like any 0/1 size and would each add a graph
+for seq in ([300, 700, 1020], [100, 600, 900], [512, 1024, 2048]):
     xs = torch.randn(seq[-1], heads, head_dim, dtype=torch.bfloat16)
     same = torch.equal(compiled(xs, w.detach(), seq), compress(xs, w.detach(), seq))
     print(f"compiled (inductor, dynamic): lengths {seq} -> equal to eager: {same}")
